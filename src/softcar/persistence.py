@@ -1,0 +1,150 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+
+A checkpoint is a folder with ``softcar.json`` (a manifest: format, kind, config, encoder
+identity, SHA-256 of every other file) plus the files it lists. ``save`` writes a sibling
+temporary folder, fsyncs it, then swaps it in with renames, so a crash mid-save leaves the
+previous checkpoint intact. No pickle is read or written anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from softcar.documents import Document
+from softcar.errors import CheckpointNotFoundError, CorruptCheckpointError
+
+MANIFEST = "softcar.json"
+FORMAT = "softcar-checkpoint"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``target`` in one swap of renames."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise CheckpointNotFoundError(f"cannot save to {str(target)!r}: it exists and is not a folder")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        for file in tmp.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(tmp)
+        backup = None
+        if target.exists():
+            backup = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, backup)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if backup is not None:
+            shutil.rmtree(backup, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_documents(path: Path, documents: Sequence[Document]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for doc in documents:
+            handle.write(json.dumps(doc.model_dump(), ensure_ascii=False) + "\n")
+
+
+def read_documents(path: Path) -> list[Document]:
+    documents = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, 1):
+                if line.strip():
+                    documents.append(Document.model_validate_json(line))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"{path}: line {line_no} is not a valid document: {exc}") from exc
+    return documents
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+
+
+def write_manifest(folder: Path, kind: str, payload: dict[str, Any]) -> None:
+    """Write ``softcar.json`` last, with checksums of every file already in ``folder``."""
+    from softcar import __version__
+
+    files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.name != MANIFEST}
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "softcar_version": __version__,
+        **payload,
+        "files": files,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def read_manifest(folder: str | os.PathLike[str], expected_kind: str | None = None) -> dict[str, Any]:
+    """Read and verify a checkpoint's manifest and the checksums of the files it lists."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint folder at {str(folder)!r}")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointNotFoundError(f"{str(folder)!r} is not a softcar checkpoint: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpointError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CorruptCheckpointError(f"{manifest_path} is not a softcar checkpoint manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptCheckpointError(
+            f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r}"
+        )
+    if expected_kind is not None and manifest.get("kind") != expected_kind:
+        raise CorruptCheckpointError(
+            f"{str(folder)!r} holds a {manifest.get('kind')!r} retriever, not a {expected_kind!r} one"
+        )
+    for name, checksum in (manifest.get("files") or {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"checkpoint {str(folder)!r} is missing {name}")
+        if sha256_file(path) != checksum:
+            raise CorruptCheckpointError(f"checkpoint file {path} is corrupted (checksum mismatch)")
+    return manifest

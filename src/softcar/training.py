@@ -1,0 +1,86 @@
+"""The training loop shared by ``fit``, ``update`` and ``add_documents``.
+
+Only the adapter and the classifier head receive gradients; the SLM is frozen. The loss is
+cross-entropy over *all* documents, i.e. the head is a classifier whose classes are the
+document ids, and its top logits are the retrieved documents.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from softcar.config import TrainConfig
+from softcar.model import SoftcarModel
+
+logger = logging.getLogger(__name__)
+
+Tokenize = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+def trainable_parameters(model: SoftcarModel, config: TrainConfig) -> list[dict]:
+    """Optimizer parameter groups; the frozen SLM never appears here."""
+    groups: list[dict] = []
+    if config.train_adapter:
+        groups.append({"params": list(model.adapter.parameters()), "lr": config.learning_rate})
+    if config.train_head:
+        groups.append({"params": [model.head.weight], "lr": config.head_learning_rate})
+    return groups
+
+
+def train_classifier(
+    model: SoftcarModel,
+    examples: Sequence[tuple[str, int]],
+    tokenize: Tokenize,
+    config: TrainConfig,
+    *,
+    epochs: int,
+    device: torch.device,
+    description: str = "training",
+) -> list[float]:
+    """Train adapter and/or head on ``(text, head row)`` examples; returns the mean loss per epoch."""
+    groups = trainable_parameters(model, config)
+    if not groups or not examples or epochs <= 0:
+        return []
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for group in groups:
+        for parameter in group["params"]:
+            parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    rng = random.Random(config.seed)
+    order = list(range(len(examples)))
+    losses: list[float] = []
+    steps_per_epoch = (len(order) + config.batch_size - 1) // config.batch_size
+    model.train()
+    try:
+        with tqdm(
+            total=epochs * steps_per_epoch, desc=description, disable=not config.show_progress, leave=False
+        ) as bar:
+            for epoch in range(epochs):
+                rng.shuffle(order)
+                total = 0.0
+                for start in range(0, len(order), config.batch_size):
+                    batch = [examples[i] for i in order[start : start + config.batch_size]]
+                    inputs = {k: v.to(device) for k, v in tokenize([t for t, _ in batch]).items()}
+                    labels = torch.tensor([label for _, label in batch], device=device)
+                    scores = model(inputs["input_ids"], inputs["attention_mask"])
+                    loss = F.cross_entropy(scores * config.logit_scale, labels)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach()) * len(batch)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                losses.append(total / len(order))
+                logger.info("%s: epoch %d/%d loss %.4f", description, epoch + 1, epochs, losses[-1])
+    finally:
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+    return losses
