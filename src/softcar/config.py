@@ -43,7 +43,7 @@ class TrainConfig(BaseModel):
     train_head: bool = True
     update_epochs: PositiveInt = Field(3, description="Epochs over new feedback in ``update``.")
     update_replay: int = Field(
-        4, ge=0, description="Replayed old examples per feedback pair in ``update``, against forgetting."
+        8, ge=0, description="Replayed old examples per feedback pair in ``update``, against forgetting."
     )
     new_document_epochs: int = Field(
         0, ge=0, description="Optional short training after ``add_documents`` (0: head rows only)."

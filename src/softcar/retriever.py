@@ -269,9 +269,11 @@ class ClassifierRetriever:
             return [d.id for d in docs]
 
     def _replay(self, count: int) -> list[tuple[str, int]]:
+        """Old examples to mix into incremental training: earlier feedback first, then spans."""
         rng = random.Random(self.config.train.seed + len(self._feedback))
-        pool = self._pseudo_examples(range(len(self._documents)), rng.randrange(1 << 30)) + self._feedback
-        return rng.sample(pool, min(count, len(pool)))
+        feedback = rng.sample(self._feedback, min(count, len(self._feedback)))
+        spans = self._pseudo_examples(range(len(self._documents)), rng.randrange(1 << 30))
+        return feedback + rng.sample(spans, min(max(count - len(feedback), count // 2), len(spans)))
 
     def update(self, queries: Iterable[TrainingPair], *, epochs: int | None = None) -> list[float]:
         """Online fine-tuning from feedback ``(query_text, doc_id)`` pairs.
@@ -285,7 +287,7 @@ class ClassifierRetriever:
             if not pairs:
                 return []
             cfg = self.config.train
-            examples = pairs * cfg.labelled_repeats + self._replay(len(pairs) * cfg.update_replay)
+            examples = pairs * cfg.labelled_repeats + self._replay(max(len(pairs) * cfg.update_replay, cfg.batch_size))
             self._feedback.extend(pairs)
             return train_classifier(
                 self.model, examples, self.tokenize, cfg,

@@ -33,6 +33,21 @@ def trainable_parameters(model: SoftcarModel, config: TrainConfig) -> list[dict]
     return groups
 
 
+def _length_bucketed_batches(
+    examples: Sequence[tuple[str, int]], batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """Shuffled batches of similar-length texts: far less padding through the frozen SLM."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    window = batch_size * 16
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(examples[i][0]))
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
 def train_classifier(
     model: SoftcarModel,
     examples: Sequence[tuple[str, int]],
@@ -54,19 +69,17 @@ def train_classifier(
             parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     rng = random.Random(config.seed)
-    order = list(range(len(examples)))
     losses: list[float] = []
-    steps_per_epoch = (len(order) + config.batch_size - 1) // config.batch_size
+    steps_per_epoch = (len(examples) + config.batch_size - 1) // config.batch_size
     model.train()
     try:
         with tqdm(
             total=epochs * steps_per_epoch, desc=description, disable=not config.show_progress, leave=False
         ) as bar:
             for epoch in range(epochs):
-                rng.shuffle(order)
                 total = 0.0
-                for start in range(0, len(order), config.batch_size):
-                    batch = [examples[i] for i in order[start : start + config.batch_size]]
+                for batch_ids in _length_bucketed_batches(examples, config.batch_size, rng):
+                    batch = [examples[i] for i in batch_ids]
                     inputs = {k: v.to(device) for k, v in tokenize([t for t, _ in batch]).items()}
                     labels = torch.tensor([label for _, label in batch], device=device)
                     scores = model(inputs["input_ids"], inputs["attention_mask"])
@@ -77,7 +90,7 @@ def train_classifier(
                     total += float(loss.detach()) * len(batch)
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                losses.append(total / len(order))
+                losses.append(total / len(examples))
                 logger.info("%s: epoch %d/%d loss %.4f", description, epoch + 1, epochs, losses[-1])
     finally:
         model.eval()
