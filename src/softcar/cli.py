@@ -24,7 +24,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 def _setup(quiet: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
