@@ -1,0 +1,8 @@
+"""LlamaIndex integration for softcar: ``from llama_index.retrievers.softcar import ClassifierRetriever``."""
+
+from __future__ import annotations
+
+from llama_index.retrievers.softcar.base import ClassifierRetriever, training_pairs
+from llama_index.retrievers.softcar.evaluation import aevaluate_retriever, evaluate_retriever
+
+__all__ = ["ClassifierRetriever", "aevaluate_retriever", "evaluate_retriever", "training_pairs"]
