@@ -1,0 +1,99 @@
+"""``softcar-fed``: run a local federation, or opt a deployment into a real one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from softcar_federated.roundlog import _jsonable
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _default_dataset() -> str:
+    """The packaged chatterbot_qa set, else the Python-FAQ set in ``shared/`` beside the repo."""
+    try:
+        from softcar.data import packaged_dataset_path
+
+        return str(packaged_dataset_path("chatterbot_qa"))
+    except Exception:  # noqa: BLE001 - the packaged set may not be there yet
+        return str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "python-faq")
+
+
+@app.command()
+def local(
+    clients: int = typer.Option(2, help="Number of flower-supernode processes."),
+    rounds: int = typer.Option(3, help="Federated rounds."),
+    target_epsilon: float = typer.Option(8.0, help="Per-client ε budget (inf: no DP noise)."),
+    kill_client_at_round: Optional[int] = typer.Option(None, help="SIGKILL the last SuperNode during this round."),
+    rejoin: bool = typer.Option(True, help="Restart the killed SuperNode after its round."),
+    dataset: str = typer.Option("", help="BEIR folder (default: the packaged chatterbot_qa set)."),
+    encoder: str = typer.Option("", help="Base SLM folder (default: packaged all-MiniLM-L6-v2)."),
+    mode: str = typer.Option("adapter+head", help="'adapter' or 'adapter+head'."),
+    iid: bool = typer.Option(False, help="IID split instead of by-topic (non-IID)."),
+    dp: str = typer.Option("client", help="'client' (Opacus DP-SGD), 'server' (central DP) or 'none'."),
+    strategy: str = typer.Option("fedavg", help="fedavg | fedprox | fedadam."),
+    local_epochs: int = typer.Option(1),
+    batch_size: int = typer.Option(32),
+    max_query_length: int = typer.Option(32),
+    pseudo_queries: int = typer.Option(2, help="Pseudo-queries drawn per document."),
+    centralized: bool = typer.Option(True, help="Also train without FL, for comparison."),
+    work_dir: Optional[Path] = typer.Option(None, help="Keep logs/outputs here (default: a temp dir)."),
+    timeout: float = typer.Option(1800.0, help="Give up (and stop everything) after this many seconds."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary."),
+    verbose: bool = typer.Option(False, "-v", help="Log progress to stderr."),
+) -> None:
+    """Real flower-superlink + N flower-supernodes on 127.0.0.1; last line: a JSON summary."""
+    from softcar_federated.launcher import LocalRunSpec, run_local
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    spec = LocalRunSpec(
+        clients=clients, rounds=rounds, target_epsilon=target_epsilon, kill_client_at_round=kill_client_at_round,
+        rejoin=rejoin, dataset=dataset or _default_dataset(), encoder=encoder, mode=mode, iid=iid, dp=dp,
+        strategy=strategy, local_epochs=local_epochs, batch_size=batch_size, max_query_length=max_query_length,
+        pseudo_queries_per_document=pseudo_queries, centralized=centralized,
+        work_dir=str(work_dir) if work_dir else None, timeout=timeout,
+    )
+    # SIGTERM → SystemExit, so the LocalFederation context manager stops every process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    summary = run_local(spec)
+    if not as_json:
+        typer.echo(f"rounds completed: {summary['rounds_completed']}  clients: {summary['clients']}  "
+                   f"ε={summary['epsilon']}  δ={summary['delta']}", err=True)
+        typer.echo(f"initial {summary['initial']}  final {summary['final']}  "
+                   f"centralized {summary.get('centralized', {}).get('final')}", err=True)
+    typer.echo(json.dumps(_jsonable(summary)))
+
+
+@app.command()
+def join(
+    config: Path = typer.Argument(..., help="TOML/JSON FederationConfig (superlink, checkpoint, work_dir, ...)."),
+) -> None:
+    """Contribute this deployment to a federation until interrupted (Ctrl-C leaves)."""
+    from softcar_federated.optin import FederationConfig, join as join_federation
+
+    membership = join_federation(FederationConfig.load(config))
+    typer.echo(f"joined {membership.config.superlink} (supernode pid {membership.process.process.pid}); "
+               f"log: {membership.process.log_path}; Ctrl-C to leave", err=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and membership.process.process.poll() is None:
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        membership.leave()
+    typer.echo("left the federation; the local retriever was not modified", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,147 @@
+"""The Flower ClientApp: local DP-SGD fine-tuning of a deployment's softcar retriever.
+
+Per training message: load the deployment's retriever (its federated copy if it has trained
+before), load the global tensors, train adapter + head with Opacus DP-SGD on local examples,
+and reply with only the shared tensors plus metrics, including the *cumulative* (ε, δ).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from softcar.errors import CheckpointError
+
+from softcar_federated import dp, task
+from softcar_federated.config import FedConfig, NodeConfig
+from softcar_federated.deployment import LocalDeployment
+
+logger = logging.getLogger(__name__)
+
+LEDGER_STATE_KEY = "softcar-privacy-ledger"
+
+app = ClientApp()
+
+
+def _load_global(deployment: LocalDeployment, arrays: ArrayRecord, config: ConfigRecord) -> None:
+    """Put the global tensors into the local retriever, with a clear error if they do not fit."""
+    expected = config.get("doc-ids-sha256")
+    if expected and "head.weight" in arrays.keys():
+        mine = task.doc_ids_digest(deployment.retriever.documents)
+        if mine != expected:
+            raise CheckpointError(
+                "mode 'adapter+head' needs every deployment to share one document-id space, but this "
+                "node's documents differ from the server's (use mode 'adapter' for private corpora)"
+            )
+    state = {key: tensor.float() for key, tensor in arrays.to_torch_state_dict().items()}
+    deployment.retriever.load_trainable_state_dict(state, strict=True)
+
+
+def _ledger(context: Context, deployment: LocalDeployment) -> dp.PrivacyLedger:
+    """The cumulative ledger: from the ClientApp's persistent state, or from disk after a restart."""
+    disk = dp.PrivacyLedger.load(deployment.ledger_path)
+    if LEDGER_STATE_KEY in context.state.config_records:
+        state = dp.PrivacyLedger.from_flat(dict(context.state.config_records[LEDGER_STATE_KEY]))
+        return state.merged(disk)
+    return disk
+
+
+def _store_ledger(context: Context, deployment: LocalDeployment, ledger: dp.PrivacyLedger) -> None:
+    ledger.save(deployment.ledger_path)
+    context.state.config_records[LEDGER_STATE_KEY] = ConfigRecord(ledger.to_flat())  # type: ignore[arg-type]
+
+
+def _poison(state: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]:
+    """Fault injection for tests and drills (node config ``poison``): never used otherwise."""
+    state = dict(state)
+    key = sorted(state)[0]
+    if how == "nan":
+        state[key] = torch.full_like(state[key], float("nan"))
+    elif how == "shape":
+        state[key] = torch.zeros(*[d + 1 for d in state[key].shape])
+    elif how == "keys":
+        state["adapter.backdoor"] = state.pop(key)
+    else:
+        raise ValueError(f"unknown poison {how!r}")
+    return state
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """One round of local DP-SGD; replies with shared tensors and cumulative (ε, δ)."""
+    config = FedConfig.from_run_config(context.run_config)
+    node = NodeConfig.from_node_config(context.node_config)
+    round_config = msg.content["config"]
+    server_round = int(round_config.get("server-round", 0))
+    if node.crash_at_round is not None and server_round == node.crash_at_round:
+        raise RuntimeError(f"injected crash at round {server_round} (node config crash-at-round)")
+    deployment = LocalDeployment.open(config, node, context.run_id)
+    _load_global(deployment, msg.content["arrays"], round_config)
+    examples = deployment.examples()
+    ledger = _ledger(context, deployment)
+    delta = config.target_delta
+    metrics: dict[str, float | int] = {"num-examples": len(examples), "unit-weight": 1.0, "delta": delta}
+
+    sigma: float | None = None
+    if config.client_dp_enabled:
+        planned_sigma, rate, steps = dp.planned_noise(
+            config.target_epsilon, delta, len(examples), config.batch_size, config.local_epochs, config.num_server_rounds
+        )
+        sigma = config.noise_multiplier or planned_sigma
+        if dp.would_exceed(ledger, sigma, rate, steps, delta, config.target_epsilon):
+            logger.info("privacy budget ε=%.3g spent: abstaining from round %d", config.target_epsilon, server_round)
+            metrics.update({"abstained": 1, "epsilon": ledger.epsilon(delta), "train-loss": 0.0,
+                            "noise-multiplier": sigma, "steps": 0})
+            reply = RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord(metrics)})
+            return Message(reply, reply_to=msg)
+
+    proximal_mu = float(round_config.get("proximal-mu", 0.0))
+    anchor = None
+    if proximal_mu > 0:
+        anchor = {k: v.clone() for k, v in deployment.retriever.model.state_dict().items()
+                  if k.startswith("encoder.adapter.") or k == "head.weight"}
+    settings = dp.DPSettings(
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        head_learning_rate=config.head_learning_rate,
+        logit_scale=deployment.retriever.config.train.logit_scale,
+        max_length=config.max_query_length,
+        noise_multiplier=sigma,
+        max_grad_norm=config.max_grad_norm,
+        train_head=True,
+        seed=None if sigma is not None else config.seed + server_round,
+    )
+    result, ledger = dp.train_round(
+        deployment.retriever.model, examples, deployment.retriever.tokenize, settings, ledger,
+        proximal=anchor, proximal_mu=proximal_mu,
+    )
+    _store_ledger(context, deployment, ledger)
+    deployment.save_copy()
+    epsilon = ledger.epsilon(delta) if sigma is not None else math.inf
+    metrics.update({"abstained": 0, "train-loss": result.loss, "epsilon": epsilon,
+                    "noise-multiplier": sigma if sigma is not None else 0.0, "steps": result.steps})
+    shared = deployment.retriever.trainable_state_dict(parts=config.shared_parts)
+    if node.poison:
+        shared = _poison(shared, node.poison)
+    logger.info("round %d: trained on %d examples, loss %.4f, ε=%.3f", server_round, len(examples), result.loss, epsilon)
+    reply = RecordDict({"arrays": ArrayRecord(torch_state_dict=shared), "metrics": MetricRecord(metrics)})
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Quality of the global tensors combined with this deployment's own head, on its held-out queries."""
+    config = FedConfig.from_run_config(context.run_config)
+    node = NodeConfig.from_node_config(context.node_config)
+    deployment = LocalDeployment.open(config, node, context.run_id)
+    _load_global(deployment, msg.content["arrays"], msg.content["config"])
+    scores = task.quality(deployment.retriever, deployment.heldout)
+    metrics: dict[str, float | int] = {k: float(v) for k, v in scores.items()}
+    metrics["num-examples"] = len(deployment.heldout)
+    metrics["unit-weight"] = 1.0
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

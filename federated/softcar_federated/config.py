@@ -1,0 +1,127 @@
+"""Validated configuration of a federated run.
+
+Flower hands apps flat ``run_config`` / ``node_config`` dicts with kebab-case keys (from
+``[tool.flwr.app.config]``, ``--run-config`` and ``--node-config``). They are parsed here into
+pydantic models once, so a typo or a bad value fails at start-up with a clear message instead of
+mid-round on some SuperNode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Mode = Literal["adapter", "adapter+head"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+DPMode = Literal["client", "server", "none"]
+
+
+def _kebab_to_snake(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {str(k).replace("-", "_"): v for k, v in config.items()}
+
+
+class FedConfig(BaseModel):
+    """Everything the ServerApp and ClientApp agree on (the app's ``run_config``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_server_rounds: int = Field(3, ge=1)
+    mode: Mode = Field("adapter", description="What is federated: the adapter only, or adapter + shared head.")
+    strategy: StrategyName = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight.")
+    server_learning_rate: float = Field(0.01, gt=0, description="FedAdam server-side learning rate (eta).")
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    min_train_nodes: int = Field(1, ge=1)
+    min_available_nodes: int = Field(
+        1, ge=1, description="Low by default so a crashed SuperNode does not block the next round."
+    )
+    round_timeout: float = Field(600.0, gt=0, description="Seconds to wait for replies of a round.")
+    federated_evaluation: bool = True
+
+    # Local training
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1, description="Expected (Poisson) batch size.")
+    learning_rate: float = Field(2e-4, gt=0)
+    head_learning_rate: float = Field(2e-3, gt=0)
+    max_query_length: int = Field(32, ge=4)
+    pseudo_queries_per_document: int = Field(4, ge=0)
+
+    # Differential privacy
+    dp: DPMode = Field("client", description="client: Opacus DP-SGD; server: central DP wrapper; none.")
+    target_epsilon: float = Field(8.0, gt=0, description="Per-client budget; inf disables noise.")
+    target_delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="Per-sample clipping norm of DP-SGD.")
+    noise_multiplier: float = Field(
+        0.0, ge=0, description="0: calibrate from target-epsilon over all planned rounds."
+    )
+    central_noise_multiplier: float = Field(1.0, ge=0)
+    central_clipping_norm: float = Field(0.5, gt=0)
+    central_num_sampled_clients: int = Field(0, ge=0, description="0: min-train-nodes.")
+
+    # Data and model
+    encoder: str = Field("", description="Base SLM folder; empty: the packaged all-MiniLM-L6-v2.")
+    adapter: Literal["linear", "mlp"] = "linear"
+    dataset: str = Field("", description="BEIR folder for partitions and server evaluation; empty: none.")
+    iid: bool = False
+    heldout_fraction: float = Field(0.5, gt=0, lt=1)
+    output_dir: str = Field("", description="Where round logs, plots and checkpoints go; empty: a temp dir.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> FedConfig:
+        if self.dp == "client" and math.isinf(self.target_epsilon) and self.noise_multiplier > 0:
+            raise ValueError("noise-multiplier > 0 contradicts target-epsilon = inf")
+        return self
+
+    @property
+    def client_dp_enabled(self) -> bool:
+        """DP-SGD runs when client DP is on and the budget is finite."""
+        return self.dp == "client" and not math.isinf(self.target_epsilon)
+
+    @property
+    def shared_parts(self) -> tuple[str, ...]:
+        return ("adapter", "head") if self.mode == "adapter+head" else ("adapter",)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FedConfig:
+        """Parse Flower's run_config (kebab-case keys); unknown keys are an error."""
+        values = _kebab_to_snake(run_config)
+        if isinstance(values.get("target_epsilon"), str):
+            values["target_epsilon"] = float(values["target_epsilon"])
+        return cls.model_validate(values)
+
+
+class NodeConfig(BaseModel):
+    """Per-SuperNode settings (``flower-supernode --node-config``).
+
+    Either ``partition-id``/``num-partitions`` (a slice of ``dataset``: simulation, tests,
+    ``softcar-fed local``) or ``checkpoint`` (a real deployment's saved retriever, plus its own
+    feedback file).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    partition_id: int | None = Field(None, ge=0)
+    num_partitions: int | None = Field(None, ge=1)
+    checkpoint: str | None = None
+    feedback: str | None = Field(None, description="JSONL of {'query','doc_id'} pairs.")
+    heldout: str | None = Field(None, description="JSONL of {'query','doc_id'} pairs for evaluation only.")
+    work_dir: str | None = Field(None, description="Where the federated copy and privacy ledger live.")
+    poison: str | None = Field(None, description="Test hook: 'nan' | 'shape' | 'keys' corrupts every update.")
+    crash_at_round: int | None = Field(None, description="Test hook: raise inside train at this round.")
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeConfig:
+        if self.checkpoint is None and (self.partition_id is None or self.num_partitions is None):
+            raise ValueError("node config needs either checkpoint=... or partition-id and num-partitions")
+        if self.partition_id is not None and self.num_partitions is not None and self.partition_id >= self.num_partitions:
+            raise ValueError(f"partition-id {self.partition_id} >= num-partitions {self.num_partitions}")
+        return self
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeConfig:
+        values = {k: (None if v == "" else v) for k, v in _kebab_to_snake(node_config).items()}
+        return cls.model_validate(values)

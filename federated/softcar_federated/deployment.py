@@ -1,0 +1,111 @@
+"""One SuperNode's view of its deployment: its local retriever, its data, its federated copy.
+
+The deployment's own checkpoint is only ever *read*: the federated copy (the retriever as this
+node last trained it) and the privacy ledger live in a separate work dir, so leaving the
+federation leaves the local retriever exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from softcar import ClassifierRetriever
+
+from softcar_federated import task
+from softcar_federated.config import FedConfig, NodeConfig
+
+logger = logging.getLogger(__name__)
+
+
+def default_output_dir(config: FedConfig, run_id: int | str) -> Path:
+    if config.output_dir:
+        return Path(config.output_dir).expanduser().resolve()
+    return Path(tempfile.gettempdir()) / "softcar-federated" / f"run-{run_id}"
+
+
+@lru_cache(maxsize=4)
+def _cached_split(path: str, heldout_fraction: float, seed: int) -> task.SplitDataset:
+    return task.load_split(path, heldout_fraction, seed)
+
+
+def dataset_split(config: FedConfig) -> task.SplitDataset:
+    if not config.dataset:
+        raise ValueError("run config 'dataset' is empty: partition mode needs a BEIR folder")
+    return _cached_split(str(Path(config.dataset).expanduser().resolve()), config.heldout_fraction, config.seed)
+
+
+@dataclass
+class LocalDeployment:
+    """A node's retriever, what it trains on and evaluates on, and where its state lives."""
+
+    retriever: ClassifierRetriever
+    own_doc_ids: list[str] | None
+    feedback: list[task.Pair]
+    heldout: list[task.Pair]
+    work_dir: Path
+
+    @property
+    def copy_dir(self) -> Path:
+        return self.work_dir / "retriever"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.work_dir / "privacy-ledger.json"
+
+    def examples(self) -> list[tuple[str, int]]:
+        return task.local_examples(self.retriever, self.own_doc_ids, self.feedback)
+
+    def save_copy(self) -> None:
+        self.retriever.save(self.copy_dir)
+
+    @classmethod
+    def open(cls, config: FedConfig, node: NodeConfig, run_id: int | str) -> LocalDeployment:
+        """Load the federated copy if this node trained before, else the deployment's model."""
+        if node.checkpoint is not None:
+            checkpoint = Path(node.checkpoint).expanduser().resolve()
+            key = hashlib.sha256(str(checkpoint).encode()).hexdigest()[:16]
+            work_dir = Path(node.work_dir) if node.work_dir else Path(tempfile.gettempdir()) / "softcar-federated" / f"node-{key}"
+            feedback = task.read_pairs(node.feedback) if node.feedback else []
+            heldout = task.read_pairs(node.heldout) if node.heldout else []
+            own: list[str] | None = None
+            base_path: Path | None = checkpoint
+            documents = None
+        else:
+            assert node.partition_id is not None and node.num_partitions is not None
+            split = dataset_split(config)
+            part = task.partition(split, node.num_partitions, config.iid, config.seed)[node.partition_id]
+            out = default_output_dir(config, run_id)
+            work_dir = Path(node.work_dir) if node.work_dir else out / f"node-{node.partition_id}"
+            feedback, heldout = part.feedback, part.heldout
+            if config.mode == "adapter+head":  # one shared document-id space: index everything
+                documents = split.corpus
+                own = part.doc_ids
+            else:  # this deployment's own corpus and head
+                wanted = set(part.doc_ids)
+                documents = [d for d in split.corpus if d.id in wanted]
+                own = None
+            base_path = None
+        work_dir.mkdir(parents=True, exist_ok=True)
+        copy_dir = work_dir / "retriever"
+        if (copy_dir / "softcar.json").is_file():
+            retriever = ClassifierRetriever.load(copy_dir, show_progress=False)
+        elif base_path is not None:
+            retriever = ClassifierRetriever.load(base_path, show_progress=False)
+        else:
+            retriever = task.build_retriever(
+                documents or [],
+                config.encoder,
+                config.adapter,
+                max_query_length=config.max_query_length,
+                pseudo_queries=config.pseudo_queries_per_document,
+                seed=config.seed,
+            )
+        logger.info("node %s: %d documents, %d feedback, %d held-out (work dir %s)",
+                    os.getpid(), len(retriever), len(feedback), len(heldout), work_dir)
+        return cls(retriever=retriever, own_doc_ids=own, feedback=feedback, heldout=heldout, work_dir=work_dir)

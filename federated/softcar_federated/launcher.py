@@ -1,0 +1,170 @@
+"""``softcar-fed local``: a real SuperLink + N SuperNodes on loopback, the app run on a real corpus
+split across them, an optional SuperNode crash, and a comparison with centralised training."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from softcar_federated import dp, task
+from softcar_federated.local import LaunchError, LocalFederation, read_rounds, wait_for
+
+logger = logging.getLogger(__name__)
+
+KEY_METRICS = ("R@1", "MRR@10")
+
+
+class LocalRunSpec(BaseModel):
+    """What ``softcar-fed local`` runs (CLI flags map one to one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clients: int = Field(2, ge=1)
+    rounds: int = Field(3, ge=1)
+    target_epsilon: float = Field(8.0, gt=0)
+    kill_client_at_round: int | None = Field(None, ge=1)
+    rejoin: bool = True
+    dataset: str
+    encoder: str = ""
+    mode: str = "adapter+head"
+    iid: bool = False
+    dp: str = "client"
+    strategy: str = "fedavg"
+    local_epochs: int = 1
+    batch_size: int = 32
+    max_query_length: int = 32
+    pseudo_queries_per_document: int = 2
+    learning_rate: float = 2e-4
+    head_learning_rate: float = 2e-3
+    max_grad_norm: float = 1.0
+    round_timeout: float = 300.0
+    timeout: float = 1800.0
+    centralized: bool = True
+    work_dir: str | None = None
+    extra_run_config: dict[str, Any] = Field(default_factory=dict)
+
+    def run_config(self, output_dir: Path) -> dict[str, Any]:
+        min_nodes = max(1, self.clients - (1 if self.kill_client_at_round else 0))
+        return {
+            "num-server-rounds": self.rounds,
+            "mode": self.mode,
+            "strategy": self.strategy,
+            "dp": self.dp,
+            "target-epsilon": float(self.target_epsilon),
+            "dataset": str(Path(self.dataset).resolve()),
+            "encoder": self.encoder,
+            "iid": self.iid,
+            "local-epochs": self.local_epochs,
+            "batch-size": self.batch_size,
+            "max-query-length": self.max_query_length,
+            "pseudo-queries-per-document": self.pseudo_queries_per_document,
+            "learning-rate": self.learning_rate,
+            "head-learning-rate": self.head_learning_rate,
+            "max-grad-norm": self.max_grad_norm,
+            "min-train-nodes": min_nodes,
+            "min-available-nodes": min_nodes,
+            "round-timeout": self.round_timeout,
+            "output-dir": str(output_dir),
+            **self.extra_run_config,
+        }
+
+
+def _pick(scores: dict | None) -> dict[str, float] | None:
+    return None if scores is None else {k: float(scores[k]) for k in KEY_METRICS if k in scores}
+
+
+def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[str, Any]:
+    """The same retriever and training budget without federation: all deployments' data in one
+    place, ``rounds × local_epochs`` epochs, DP-SGD only when ``epsilon`` is finite."""
+    split = task.load_split(spec.dataset)
+    started = time.perf_counter()
+    retriever = task.build_retriever(split.corpus, spec.encoder, max_query_length=spec.max_query_length,
+                                     pseudo_queries=spec.pseudo_queries_per_document)
+    examples = task.local_examples(retriever, None, split.feedback)
+    epochs = spec.rounds * spec.local_epochs
+    sigma, _, _ = dp.planned_noise(epsilon, 1e-5, len(examples), spec.batch_size, epochs, 1)
+    settings = dp.DPSettings(
+        epochs=epochs, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
+        head_learning_rate=spec.head_learning_rate, logit_scale=retriever.config.train.logit_scale,
+        max_length=spec.max_query_length, noise_multiplier=sigma, max_grad_norm=spec.max_grad_norm,
+        seed=None if sigma is not None else 0,
+    )
+    initial = task.quality(retriever, split.heldout)
+    _, ledger = dp.train_round(retriever.model, examples, retriever.tokenize, settings, dp.PrivacyLedger())
+    final = task.quality(retriever, split.heldout)
+    return {
+        "initial": _pick(initial),
+        "final": _pick(final),
+        "epsilon": ledger.epsilon(1e-5) if sigma is not None else math.inf,
+        "examples": len(examples),
+        "epochs": epochs,
+        "wall_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_local(spec: LocalRunSpec) -> dict[str, Any]:
+    """Start everything, run, optionally crash and restart one SuperNode, stop everything."""
+    started = time.perf_counter()
+    with LocalFederation(spec.work_dir) as fed:
+        output_dir = fed.work_dir / "output"
+        fed.start_superlink()
+        for i in range(spec.clients):
+            fed.start_node(i, {"partition-id": i, "num-partitions": spec.clients,
+                               "work-dir": str(output_dir / f"node-{i}")})
+        run = fed.run(spec.run_config(output_dir))
+        killed: dict[str, Any] | None = None
+        deadline = time.monotonic() + spec.timeout
+        while run.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise LaunchError(f"run did not finish within {spec.timeout:.0f}s; logs in {fed.logs}")
+            rounds = read_rounds(output_dir)
+            done = max((r["round"] for r in rounds), default=-1)
+            k = spec.kill_client_at_round
+            if k is not None and killed is None and done >= k - 1:
+                # Round k is in flight (its predecessor is logged): crash the last SuperNode now.
+                time.sleep(2.0)
+                victim = spec.clients - 1
+                fed.kill_node(victim)
+                killed = {"node": victim, "round": k, "restarted": False, "rejoined_at_round": None}
+                if spec.rejoin:  # same node config and work dir: it keeps its privacy ledger
+                    time.sleep(1.0)
+                    fed.start_node(victim)
+                    killed["restarted"] = True
+            time.sleep(0.5)
+        if run.process.returncode != 0:
+            raise LaunchError(f"flwr run failed ({run.process.returncode}):\n{fed.tail(run)}")
+        # `flwr run --stream` returns when the run ends; the ServerApp writes its summary last.
+        wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
+        rounds = read_rounds(output_dir)
+        fl_wall = time.perf_counter() - started
+    first, last = rounds[0], rounds[-1]
+    if killed is not None and killed["restarted"]:
+        back = [r["round"] for r in rounds if r["round"] > killed["round"] and len(r.get("accepted", [])) == spec.clients]
+        killed["rejoined_at_round"] = back[0] if back else None
+    epsilon = last.get("epsilon")
+    summary: dict[str, Any] = {
+        "rounds_completed": sum(1 for r in rounds if r["round"] > 0),
+        "clients": spec.clients,
+        "mode": spec.mode,
+        "iid": spec.iid,
+        "dp": spec.dp,
+        "target_epsilon": spec.target_epsilon,
+        "epsilon": float(epsilon) if isinstance(epsilon, (int, float)) else (math.inf if epsilon == "inf" else epsilon),
+        "delta": last.get("delta"),
+        "initial": _pick(first.get("server_eval")),
+        "final": _pick(last.get("server_eval")),
+        "final_federated_eval": _pick(last.get("federated_eval")),
+        "per_round": [{"round": r["round"], "elapsed_s": r["elapsed_s"], **(_pick(r.get("server_eval")) or {}),
+                       "epsilon": r.get("epsilon"), "accepted": len(r.get("accepted", [])),
+                       "failed": len(r.get("failed", [])), "rejected": len(r.get("rejected", []))} for r in rounds],
+        "killed": killed,
+        "wall_s": round(fl_wall, 2),
+    }
+    if spec.centralized:
+        summary["centralized"] = centralized_baseline(spec)
+    return summary

@@ -1,0 +1,361 @@
+"""A real Flower deployment on 127.0.0.1: one ``flower-superlink``, N ``flower-supernode``s and
+``flwr run``, with fault injection (kill a SuperNode mid-round, restart it) and guaranteed
+clean-up of every process it started (and of their children, e.g. SuperExec and ClientApps).
+
+Used by ``softcar-fed local``, the tests and the benchmark. Nothing here is simulated: the app
+runs exactly as in a deployment, over Flower's HTTP Fleet API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CONNECTION = "softcar-local"
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+class LaunchError(RuntimeError):
+    """A Flower process failed to start, or a run did not finish in time."""
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (bind to 0 and release)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """Flower's console scripts next to this interpreter (the venv), else on PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def toml_value(value: Any) -> str:
+    """A run-config / node-config value in the TOML syntax Flower parses."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def config_string(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (Linux /proc), to reap processes Flower detaches."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class TLSFiles:
+    """PEM files: a CA and a server certificate for 127.0.0.1 signed by it."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    descendants: set[int] = field(default_factory=set)
+
+    def refresh_descendants(self) -> None:
+        if self.process.poll() is None:
+            self.descendants.update(_children(self.process.pid))
+
+    def stop(self, kill: bool = False, grace: float = 10.0) -> None:
+        """SIGTERM (or SIGKILL) the process group, wait, then reap detached descendants."""
+        self.refresh_descendants()
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=grace)
+        deadline = time.monotonic() + (0 if kill else grace)
+        for pid in sorted(self.descendants):
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+class LocalFederation:
+    """Start/stop a SuperLink and SuperNodes on loopback; a context manager that always cleans up.
+
+    Args:
+        work_dir: holds FLWR_HOME, logs and (by default) the app's output dir.
+        tls: serve the Fleet/Control APIs over TLS with these files (insecure when None).
+        supernode_auth: require registered SuperNode keys (``--enable-supernode-auth``).
+    """
+
+    def __init__(
+        self,
+        work_dir: str | os.PathLike[str] | None = None,
+        *,
+        app_dir: str | os.PathLike[str] = APP_DIR,
+        tls: TLSFiles | None = None,
+        supernode_auth: bool = False,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="softcar-fed-")
+        self.work_dir = Path(work_dir or self._tmp.name).resolve()  # type: ignore[union-attr]
+        self.app_dir = Path(app_dir).resolve()
+        self.tls = tls
+        self.supernode_auth = supernode_auth
+        self.startup_timeout = startup_timeout
+        self.flwr_home = self.work_dir / "flwr-home"
+        self.logs = self.work_dir / "logs"
+        self.port = free_port()
+        self.superlink: ManagedProcess | None = None
+        self.nodes: dict[int, ManagedProcess] = {}
+        self.node_configs: dict[int, dict[str, Any]] = {}
+        self.node_keys: dict[int, Path] = {}
+        self.runs: list[ManagedProcess] = []
+        self._starts = 0
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def _spawn(self, name: str, command: list[str]) -> ManagedProcess:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._starts += 1
+        log_path = self.logs / f"{name}-{self._starts}.log"
+        handle = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, env=self.env(), cwd=self.work_dir,
+            start_new_session=True,  # own process group: one killpg reaches its children
+        )
+        handle.close()
+        logger.info("started %s (pid %d): %s", name, process.pid, " ".join(command))
+        return ManagedProcess(name, process, log_path)
+
+    def _write_flwr_config(self) -> None:
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{self.address}"']
+        if self.tls is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f'root-certificates = "{self.tls.ca_cert}"')
+        (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _wait_health(self) -> None:
+        scheme = "https" if self.tls else "http"
+        url = f"{scheme}://{self.address}/health"
+        deadline = time.monotonic() + self.startup_timeout
+        context = None
+        if self.tls:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        while time.monotonic() < deadline:
+            assert self.superlink is not None
+            if self.superlink.process.poll() is not None:
+                raise LaunchError(f"flower-superlink exited early; see {self.superlink.log_path}:\n{self.tail(self.superlink)}")
+            try:
+                with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.3)
+        raise LaunchError(f"flower-superlink not healthy after {self.startup_timeout}s")
+
+    @staticmethod
+    def tail(process: ManagedProcess, chars: int = 4000) -> str:
+        try:
+            return process.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def start_superlink(self) -> None:
+        self._write_flwr_config()
+        command = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                   "--disable-runtime-dependency-installation"]
+        if self.tls is None:
+            command.append("--insecure")
+        else:
+            command += ["--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
+                        "--ssl-ca-certfile", str(self.tls.ca_cert)]
+        if self.supernode_auth:
+            command.append("--enable-supernode-auth")
+        self.superlink = self._spawn("superlink", command)
+        self._wait_health()
+        self.superlink.refresh_descendants()
+
+    def register_node_key(self, index: int, private_key: Path, public_key: Path) -> None:
+        """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
+        result = subprocess.run(
+            [_bin("flwr"), "supernode", "register", str(public_key), CONNECTION],
+            env=self.env(), cwd=self.work_dir, capture_output=True, text=True, timeout=60,
+        )
+        if result.returncode != 0:
+            raise LaunchError(f"flwr supernode register failed: {result.stdout}\n{result.stderr}")
+        self.node_keys[index] = private_key
+
+    def start_node(self, index: int, node_config: dict[str, Any] | None = None) -> ManagedProcess:
+        """Start (or restart) SuperNode ``index``; a restart reuses its node config and work dir."""
+        if node_config is not None:
+            self.node_configs[index] = dict(node_config)
+        command = [_bin("flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
+                   "--port", str(free_port()), "--node-config", config_string(self.node_configs[index])]
+        if self.tls is None:
+            command.append("--insecure")
+        else:
+            command += ["--root-certificates", str(self.tls.ca_cert)]
+        if index in self.node_keys:
+            command += ["--auth-supernode-private-key", str(self.node_keys[index])]
+        process = self._spawn(f"supernode-{index}", command)
+        self.nodes[index] = process
+        return process
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL a SuperNode and its ClientApp: a crash, not a clean shutdown."""
+        node = self.nodes[index]
+        node.stop(kill=True)
+        logger.info("killed supernode %d (pid %d)", index, node.process.pid)
+
+    def connected_nodes(self) -> int:
+        """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
+        result = subprocess.run([_bin("flwr"), "supernode", "ls", CONNECTION, "--format", "json"],
+                                env=self.env(), cwd=self.work_dir, capture_output=True, text=True, timeout=60)
+        try:
+            payload = json.loads(result.stdout)
+        except ValueError:
+            return 0
+        nodes = payload.get("nodes", [])
+        return sum(1 for n in nodes if str(n.get("status", "")).lower() == "online")
+
+    def run(self, run_config: dict[str, Any]) -> ManagedProcess:
+        """``flwr run <app> softcar-local --stream``: returns the (streaming) CLI process."""
+        command = [_bin("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
+        if run_config:
+            command += ["--run-config", config_string(run_config)]
+        process = self._spawn("flwr-run", command)
+        self.runs.append(process)
+        return process
+
+    def stop(self) -> None:
+        """Stop runs, SuperNodes, then the SuperLink (which stops its SuperExec and ServerApp)."""
+        for managed in [*self.runs, *self.nodes.values()]:
+            managed.refresh_descendants()
+        if self.superlink:
+            self.superlink.refresh_descendants()
+        for managed in self.runs:
+            managed.stop(kill=True)
+        for managed in self.nodes.values():
+            managed.stop()
+        if self.superlink is not None:
+            self.superlink.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def all_pids(self) -> list[int]:
+        """Every pid this federation started or saw as a descendant (for leak checks)."""
+        pids: set[int] = set()
+        for managed in [*self.runs, *self.nodes.values(), *([self.superlink] if self.superlink else [])]:
+            pids.add(managed.process.pid)
+            pids.update(managed.descendants)
+        return sorted(pids)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise LaunchError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def read_rounds(output_dir: Path) -> list[dict]:
+    path = output_dir / "server" / "rounds.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["rounds"]
+    except (OSError, ValueError, KeyError):
+        return []

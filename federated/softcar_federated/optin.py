@@ -1,0 +1,103 @@
+"""Opting an existing softcar deployment into a federation.
+
+A deployment that already serves a saved ``ClassifierRetriever`` writes a small config (TOML or
+JSON) naming the server and its local files, then calls :func:`join` (or ``softcar-fed join``).
+That starts a ``flower-supernode`` for this deployment; stopping it is all "leaving" takes. The
+deployment's checkpoint is only read: the federated copy lives in ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from softcar import ClassifierRetriever
+
+from softcar_federated.local import ManagedProcess, _bin, config_string, free_port
+
+
+class FederationConfig(BaseModel):
+    """Where the server is and what this deployment contributes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    superlink: str = Field(..., description="SuperLink Fleet API address, host:port.")
+    checkpoint: str = Field(..., description="The deployment's saved ClassifierRetriever (read only).")
+    feedback: str | None = Field(None, description="JSONL of {'query','doc_id'} feedback pairs.")
+    heldout: str | None = Field(None, description="Optional JSONL of pairs used only to evaluate.")
+    work_dir: str = Field(..., description="Federated copy + privacy ledger (never the checkpoint).")
+    insecure: bool = False
+    root_certificates: str | None = Field(None, description="CA PEM that signed the SuperLink's certificate.")
+    auth_private_key: str | None = Field(None, description="SuperNode private key (SuperNode authentication).")
+    runtime_port: int | None = Field(None, description="Local port of the SuperNode's runtime API; None picks one.")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> FederationConfig:
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return cls.model_validate(data.get("federation", data))
+
+
+@dataclass
+class Membership:
+    """A running SuperNode for this deployment; :meth:`leave` stops it (and its ClientApps)."""
+
+    process: ManagedProcess
+    config: FederationConfig
+
+    def leave(self) -> None:
+        self.process.stop()
+
+    def federated_retriever(self) -> ClassifierRetriever | None:
+        """The retriever as this deployment last trained it in the federation (None before)."""
+        return federated_retriever(self.config.work_dir)
+
+
+def federated_retriever(work_dir: str | os.PathLike[str]) -> ClassifierRetriever | None:
+    copy = Path(work_dir) / "retriever"
+    return ClassifierRetriever.load(copy) if (copy / "softcar.json").is_file() else None
+
+
+def supernode_command(config: FederationConfig) -> list[str]:
+    node_config = {"checkpoint": str(Path(config.checkpoint).resolve()), "work-dir": str(Path(config.work_dir).resolve())}
+    if config.feedback:
+        node_config["feedback"] = str(Path(config.feedback).resolve())
+    if config.heldout:
+        node_config["heldout"] = str(Path(config.heldout).resolve())
+    command = [_bin("flower-supernode"), "--superlink", config.superlink, "--host", "127.0.0.1",
+               "--port", str(config.runtime_port or free_port()), "--node-config", config_string(node_config)]
+    if config.insecure:
+        command.append("--insecure")
+    elif config.root_certificates:
+        command += ["--root-certificates", str(config.root_certificates)]
+    if config.auth_private_key:
+        command += ["--auth-supernode-private-key", str(config.auth_private_key)]
+    return command
+
+
+def join(config: FederationConfig | str | os.PathLike[str], log_path: str | os.PathLike[str] | None = None) -> Membership:
+    """Start contributing: checks the checkpoint loads, then starts this deployment's SuperNode."""
+    if not isinstance(config, FederationConfig):
+        config = FederationConfig.load(config)
+    ClassifierRetriever.load(config.checkpoint)  # fail here, not inside a ClientApp, if it is broken
+    Path(config.work_dir).mkdir(parents=True, exist_ok=True)
+    log = Path(log_path) if log_path else Path(config.work_dir) / "supernode.log"
+    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    handle = open(log, "ab")  # noqa: SIM115
+    process = subprocess.Popen(supernode_command(config), stdout=handle, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    handle.close()
+    return Membership(ManagedProcess("supernode", process, log), config)

@@ -1,0 +1,167 @@
+"""The Flower ServerApp: runs the strategy, saves the global model as a softcar checkpoint after
+every round, evaluates it on held-out queries, and writes ``rounds.json`` + ``rounds.png``.
+
+The server holds a reference retriever over the run's ``dataset`` corpus (when one is given):
+with a shared head it *is* the global model; in adapter mode its head is re-embedded through the
+global adapter each round, i.e. the global adapter is evaluated as an inner-product retriever.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from softcar import ClassifierRetriever, Document
+from softcar.persistence import write_tensors
+
+from softcar_federated import task
+from softcar_federated.config import FedConfig
+from softcar_federated.deployment import dataset_split, default_output_dir
+from softcar_federated.roundlog import plot_rounds, write_json
+from softcar_federated.strategy import GuardedStrategy, build_strategy, central_epsilon
+from softcar_federated.validation import spec_of
+
+logger = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+class GlobalModel:
+    """The server's copy of the global model, its evaluation and its per-round outputs."""
+
+    def __init__(self, config: FedConfig, output_dir: Path) -> None:
+        self.config = config
+        self.output_dir = output_dir
+        self.split = dataset_split(config) if config.dataset else None
+        documents = self.split.corpus if self.split else [Document(id="placeholder", text="shape reference only")]
+        self.retriever: ClassifierRetriever = task.build_retriever(
+            documents, config.encoder, config.adapter,
+            max_query_length=config.max_query_length, pseudo_queries=config.pseudo_queries_per_document, seed=config.seed,
+        )
+        self.rounds: list[dict] = []
+        self.started = time.perf_counter()
+
+    def initial_arrays(self) -> ArrayRecord:
+        return ArrayRecord(torch_state_dict=self.retriever.trainable_state_dict(parts=self.config.shared_parts))
+
+    def train_config(self) -> ConfigRecord:
+        record = ConfigRecord()
+        if self.config.mode == "adapter+head":
+            record["doc-ids-sha256"] = task.doc_ids_digest(self.retriever.documents)
+        return record
+
+    def load(self, arrays: ArrayRecord) -> None:
+        state = {k: v.float() for k, v in arrays.to_torch_state_dict().items()}
+        self.retriever.load_trainable_state_dict(state, strict=True)
+        if self.config.mode == "adapter" and self.split is not None:
+            # No shared head: index the server's corpus through the global adapter.
+            rows = self.retriever.embed_documents([d.text for d in self.retriever.documents])
+            self.retriever.load_trainable_state_dict({"head.weight": rows}, strict=True)
+
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> dict[str, float] | None:
+        self.load(arrays)
+        round_dir = self.output_dir / "global" / f"round-{server_round:03d}"
+        if self.split is not None:
+            self.retriever.save(round_dir)
+            self.retriever.save(self.output_dir / "global" / "latest")
+            return task.quality(self.retriever, self.split.heldout)
+        # No corpus on the server: keep the adapter tensors alone (still safetensors, still atomic).
+        round_dir.mkdir(parents=True, exist_ok=True)
+        write_tensors(round_dir / "adapter.safetensors", self.retriever.trainable_state_dict(parts=("adapter",)))
+        return None
+
+
+def _metric_dict(record: MetricRecord | None) -> dict[str, float] | None:
+    if record is None:
+        return None
+    return {k: (float(v) if not isinstance(v, list) else [float(x) for x in v]) for k, v in record.items()}  # type: ignore[misc]
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the federation for ``num-server-rounds`` and write the round log, plot and summary."""
+    config = FedConfig.from_run_config(context.run_config)
+    output_dir = default_output_dir(config, context.run_id) / "server"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = GlobalModel(config, output_dir)
+    initial = model.initial_arrays()
+    strategy: GuardedStrategy = build_strategy(config, spec_of(initial))
+    train_metrics: dict[int, MetricRecord] = {}
+    eval_metrics: dict[int, MetricRecord] = {}
+    original_train, original_eval = strategy.aggregate_train, strategy.aggregate_evaluate
+
+    def aggregate_train(server_round, replies):  # type: ignore[no-untyped-def]
+        arrays, metrics = original_train(server_round, replies)
+        if metrics is not None:
+            train_metrics[server_round] = metrics
+        return arrays, metrics
+
+    def aggregate_evaluate(server_round, replies):  # type: ignore[no-untyped-def]
+        metrics = original_eval(server_round, replies)
+        if metrics is not None:
+            eval_metrics[server_round] = metrics
+        return metrics
+
+    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+    strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
+    releases = 0
+    last_epsilon: float = 0.0 if config.dp != "none" and not (config.dp == "client" and math.isinf(config.target_epsilon)) else math.inf
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        nonlocal releases, last_epsilon
+        scores = model.evaluate(server_round, arrays)
+        audit = strategy.audits.get(server_round)
+        train = _metric_dict(train_metrics.get(server_round))
+        if server_round > 0 and audit is not None and audit.accepted:
+            releases += 1
+        if config.dp == "server":
+            last_epsilon = central_epsilon(config, releases)
+        elif config.client_dp_enabled and train and "epsilon" in train:
+            last_epsilon = max(last_epsilon, float(train["epsilon"]))
+        entry = {
+            "round": server_round,
+            "elapsed_s": round(time.perf_counter() - model.started, 3),
+            "accepted": audit.accepted if audit else [],
+            "rejected": audit.rejected if audit else [],
+            "abstained": audit.abstained if audit else [],
+            "failed": audit.failed if audit else [],
+            "train": train,
+            "federated_eval": _metric_dict(eval_metrics.get(server_round)),
+            "server_eval": scores,
+            "epsilon": last_epsilon,
+            "delta": config.target_delta,
+        }
+        model.rounds.append(entry)
+        write_json(output_dir / "rounds.json", {"config": config.model_dump(), "rounds": model.rounds})
+        plot_rounds(model.rounds, output_dir / "rounds.png")
+        logger.info("round %d: %s ε=%s", server_round, scores, last_epsilon)
+        return MetricRecord({k: float(v) for k, v in scores.items()}) if scores else None
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout,
+        train_config=model.train_config(),
+        evaluate_config=model.train_config(),
+        evaluate_fn=evaluate_fn,
+    )
+    completed = sum(1 for r in model.rounds if r["round"] > 0)
+    write_json(output_dir / "summary.json", {
+        "rounds_completed": completed,
+        "rounds_with_updates": releases,
+        "epsilon": last_epsilon,
+        "delta": config.target_delta,
+        "initial": {"server_eval": model.rounds[0]["server_eval"] if model.rounds else None,
+                    "federated_eval": None},
+        "final": {"server_eval": model.rounds[-1]["server_eval"] if model.rounds else None,
+                  "federated_eval": model.rounds[-1]["federated_eval"] if model.rounds else None},
+        "elapsed_s": round(time.perf_counter() - model.started, 3),
+    })

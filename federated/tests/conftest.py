@@ -1,0 +1,112 @@
+"""Shared fixtures: a tiny random encoder, a tiny BEIR corpus, TLS material and SuperNode keys.
+
+Everything is generated in the test session (no downloads); encoders come from
+``softcar.testing.make_tiny_encoder`` so a whole federation runs in seconds per round on a CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+TOPICS = {
+    "garden": "soil seeds roses compost tomato watering pruning mulch tulip shade hedge lawn".split(),
+    "kitchen": "flour oven butter recipe knife simmer garlic bake pasta sauce onion whisk".split(),
+    "network": "router packet latency socket firewall bandwidth dns switch cable proxy vpn port".split(),
+}
+
+
+def _write_beir(folder: Path, docs_per_topic: int = 8, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "qrels").mkdir(exist_ok=True)
+    corpus, queries, qrels = [], [], ["query-id\tcorpus-id\tscore"]
+    for topic, words in TOPICS.items():
+        for i in range(docs_per_topic):
+            key = rng.sample(words, 3)
+            text = " ".join(rng.choice(words) for _ in range(12)) + f". The {key[0]} {key[1]} {key[2]} guide number {i}."
+            doc_id = f"{topic}-{i}"
+            corpus.append({"_id": doc_id, "title": "", "text": text})
+            queries.append({"_id": f"q-{doc_id}", "text": f"how about {key[0]} {key[1]} {key[2]} {i}"})
+            qrels.append(f"q-{doc_id}\t{doc_id}\t1")
+    (folder / "corpus.jsonl").write_text("\n".join(json.dumps(c) for c in corpus) + "\n")
+    (folder / "queries.jsonl").write_text("\n".join(json.dumps(q) for q in queries) + "\n")
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from softcar.testing import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("encoder") / "tiny-bert", kind="bert", hidden_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_beir(tmp_path_factory.mktemp("data") / "tiny-beir")
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory):
+    """A throw-away CA and a server certificate for 127.0.0.1/localhost signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from softcar_federated.local import TLSFiles
+
+    folder = tmp_path_factory.mktemp("tls")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "softcar test CA")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (folder / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    return TLSFiles(ca_cert=folder / "ca.crt", server_cert=folder / "server.pem", server_key=folder / "server.key")
+
+
+@pytest.fixture
+def supernode_keys(tmp_path: Path) -> tuple[Path, Path]:
+    """An EC key pair in OpenSSH format, as Flower's SuperNode authentication expects."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = tmp_path / "node_key"
+    public = tmp_path / "node_key.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH))
+    private.chmod(0o600)
+    return private, public

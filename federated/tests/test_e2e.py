@@ -1,0 +1,160 @@
+"""End-to-end on a real ``flower-superlink`` and real ``flower-supernode`` processes (loopback
+only, free ports, bounded time; every process started is stopped and checked gone)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from softcar import ClassifierRetriever
+
+from softcar_federated.local import LocalFederation, _alive, read_rounds, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_in(folder: Path) -> list[int]:
+    """Live processes whose cwd or command line mentions ``folder`` (leak check)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if (cwd.startswith(str(folder)) or str(folder) in cmd) and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def test_cli_local_kill_and_rejoin(tiny_encoder, tiny_dataset, tmp_path):
+    work = tmp_path / "fed"
+    command = [sys.executable, "-m", "softcar_federated.cli", "local", "--clients", "2", "--rounds", "2",
+               "--target-epsilon", "8", "--kill-client-at-round", "1", "--dataset", str(tiny_dataset),
+               "--encoder", tiny_encoder, "--batch-size", "8", "--max-query-length", "16",
+               "--work-dir", str(work), "--timeout", "400", "--json"]
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=480,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["rounds_completed"] == 2 and summary["clients"] == 2
+    assert 0 < summary["epsilon"] <= 8.0 + 1e-6 and summary["delta"] == 1e-5
+    for key in ("initial", "final", "centralized"):
+        assert summary[key] is not None
+    assert set(summary["final"]) == {"R@1", "MRR@10"}
+    assert set(summary["centralized"]["final"]) == {"R@1", "MRR@10"}
+    per_round = {r["round"]: r for r in summary["per_round"]}
+    assert per_round[1]["failed"] == 1 and per_round[1]["accepted"] == 1  # the crash did not stop round 1
+    assert summary["killed"]["rejoined_at_round"] == 2 and per_round[2]["accepted"] == 2  # restarted node is back
+    server = work / "output" / "server"
+    assert (server / "rounds.png").stat().st_size > 1000
+    assert json.loads((server / "rounds.json").read_text())["rounds"][-1]["round"] == 2
+    ClassifierRetriever.load(server / "global" / "latest")  # a valid softcar checkpoint
+    time.sleep(1.0)
+    assert _processes_in(work) == [], "processes left running"
+    assert time.monotonic() - started < 480
+
+
+def test_tls_auth_and_poisoned_update(tiny_encoder, tiny_dataset, tmp_path, tls_files, supernode_keys):
+    output = tmp_path / "out"
+    work = tmp_path / "fed"
+    private, public = supernode_keys
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    second_private = tmp_path / "node2_key"
+    key = ec.generate_private_key(ec.SECP384R1())
+    second_private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                 serialization.NoEncryption()))
+    (tmp_path / "node2_key.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                           serialization.PublicFormat.OpenSSH))
+    with LocalFederation(work, tls=tls_files, supernode_auth=True) as fed:
+        fed.start_superlink()
+        fed.register_node_key(0, private, public)
+        fed.register_node_key(1, second_private, tmp_path / "node2_key.pub")
+        fed.start_node(0, {"partition-id": 0, "num-partitions": 2})
+        fed.start_node(1, {"partition-id": 1, "num-partitions": 2, "poison": "nan"})
+        run = fed.run({"num-server-rounds": 1, "encoder": tiny_encoder, "dataset": str(tiny_dataset),
+                       "output-dir": str(output), "min-train-nodes": 2, "min-available-nodes": 2,
+                       "batch-size": 8, "max-query-length": 16, "federated-evaluation": False,
+                       "round-timeout": 120.0})
+        run.process.wait(timeout=300)
+        assert run.process.returncode == 0, fed.tail(run)
+        wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
+        pids = fed.all_pids()
+        rounds = read_rounds(output)
+        logs = "".join(p.read_text(errors="replace") for p in fed.logs.glob("superlink-*.log"))
+    assert "TLS disabled" not in logs
+    last = rounds[-1]
+    assert last["round"] == 1 and len(last["accepted"]) == 1
+    assert len(last["rejected"]) == 1 and "NaN" in last["rejected"][0]["reason"]
+    assert last["rejected"][0]["key"].startswith("adapter.")
+    time.sleep(1.0)
+    assert [p for p in pids if _alive(p)] == []
+
+
+def test_unregistered_supernode_is_refused(tls_files, supernode_keys, tmp_path):
+    """With --enable-supernode-auth only SuperNodes whose public key was registered connect."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    registered_private, registered_public = supernode_keys
+    stranger = tmp_path / "stranger_key"
+    stranger.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    with LocalFederation(tmp_path / "fed", tls=tls_files, supernode_auth=True) as fed:
+        fed.start_superlink()
+        fed.register_node_key(0, registered_private, registered_public)
+        fed.node_keys[1] = stranger  # never registered
+        fed.start_node(0, {"partition-id": 0, "num-partitions": 2})
+        fed.start_node(1, {"partition-id": 1, "num-partitions": 2})
+        wait_for(lambda: fed.connected_nodes() >= 1, 60, what="registered node online")
+        time.sleep(5)
+        assert fed.connected_nodes() == 1
+        pids = fed.all_pids()
+    time.sleep(1.0)
+    assert [p for p in pids if _alive(p)] == []
+
+
+def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, tiny_dataset, tmp_path):
+    """An existing deployment (a saved ClassifierRetriever + feedback file) joins with one call,
+    trains a round, leaves; its checkpoint is byte-for-byte unchanged."""
+    import hashlib
+
+    from softcar_federated import task
+    from softcar_federated.optin import FederationConfig, federated_retriever, join
+
+    split = task.load_split(tiny_dataset)
+    checkpoint = tmp_path / "deployment" / "retriever"
+    task.build_retriever(split.corpus, tiny_encoder, max_query_length=16).save(checkpoint)
+    task.write_pairs(tmp_path / "feedback.jsonl", split.feedback)
+    digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(checkpoint.iterdir())}  # noqa: E731
+    before = digest()
+    output = tmp_path / "out"
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        membership = join(FederationConfig(superlink=fed.address, checkpoint=str(checkpoint), insecure=True,
+                                           feedback=str(tmp_path / "feedback.jsonl"), work_dir=str(tmp_path / "work")))
+        try:
+            run = fed.run({"num-server-rounds": 1, "encoder": tiny_encoder, "dataset": str(tiny_dataset),
+                           "mode": "adapter+head", "output-dir": str(output), "batch-size": 8,
+                           "max-query-length": 16, "round-timeout": 120.0})
+            run.process.wait(timeout=240)
+            assert run.process.returncode == 0, fed.tail(run)
+            wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
+        finally:
+            membership.leave()
+        assert not _alive(membership.process.process.pid)
+    rounds = read_rounds(output)
+    assert len(rounds[-1]["accepted"]) == 1
+    assert digest() == before  # leaving the federation leaves the local retriever untouched
+    assert federated_retriever(tmp_path / "work") is not None
