@@ -35,6 +35,33 @@ def test_untrained_equals_frozen_inner_product(tiny_bert: str, corpus: list[Docu
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-4)
 
 
+def test_labelled_queries_become_row_prototypes(tiny_bert: str, corpus: list[Document]) -> None:
+    """With pairs and no training, each row is normalize(doc + w * query): the query's own row scores it higher."""
+    pairs = list(zip(QUESTIONS, [d.id for d in corpus]))
+    frozen = InnerProductRetriever(tiny_bert, show_progress=False).fit(corpus)
+    config = TrainConfig(epochs=0, query_prototype_weight=2.0, show_progress=False)
+    retriever = ClassifierRetriever(tiny_bert, config=config).fit(corpus, queries=pairs)
+    rows = retriever.model.head.weight.detach()
+    expected = torch.nn.functional.normalize(
+        frozen.embed_documents([d.text for d in corpus]) + 2.0 * frozen.embed_queries(QUESTIONS), dim=1
+    )
+    assert torch.allclose(rows, expected, atol=1e-5)
+    for question, doc in zip(QUESTIONS, corpus):
+        own = {h.document.id: h.score for h in retriever.retrieve(question, k=len(corpus))}[doc.id]
+        before = {h.document.id: h.score for h in frozen.retrieve(question, k=len(corpus))}[doc.id]
+        assert own > before
+    off = ClassifierRetriever(tiny_bert, config=config.model_copy(update={"query_prototype_weight": 0.0}))
+    off.fit(corpus, queries=pairs)
+    assert [[d for d, _ in r] for r in ranking(off)] == [[d for d, _ in r] for r in ranking(frozen)]
+
+
+def test_inner_product_embeddings_are_unit_norm(tiny_bert: str) -> None:
+    frozen = InnerProductRetriever(tiny_bert, show_progress=False)
+    vectors = torch.cat([frozen.embed_queries(["a question"]), frozen.embed_documents(["a text", "another"])])
+    assert vectors.shape == (3, frozen.encoder.dim)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
 def test_fit_learns_the_corpus(tiny_bert: str, corpus: list[Document]) -> None:
     config = TrainConfig(epochs=15, batch_size=8, pseudo_queries_per_document=4, show_progress=False)
     retriever = ClassifierRetriever(tiny_bert, config=config)
@@ -105,7 +132,10 @@ def test_add_documents_with_training(tiny_bert: str, corpus: list[Document]) -> 
 
 
 def test_update_learns_feedback_without_forgetting(tiny_bert: str, corpus: list[Document]) -> None:
-    config = TrainConfig(epochs=15, batch_size=8, update_epochs=10, show_progress=False)
+    # A tiny random encoder has weak features: the larger learning rates give the fit clear margins.
+    config = TrainConfig(
+        epochs=15, batch_size=8, update_epochs=10, learning_rate=2e-4, head_learning_rate=2e-3, show_progress=False
+    )
     retriever = ClassifierRetriever(tiny_bert, config=config).fit(corpus, queries=list(zip(QUESTIONS, [d.id for d in corpus])))
     feedback = "how do I run code on several cores at once"
     retriever.update([(feedback, "gil")])

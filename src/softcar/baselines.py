@@ -50,6 +50,7 @@ class InnerProductRetriever:
         max_document_length: int = 256,
         batch_size: int = 64,
         encoder_kwargs: Mapping[str, Any] | None = None,
+        show_progress: bool = True,
     ) -> None:
         self.config = RetrieverConfig(
             encoder=DEFAULT_ENCODER if encoder is None else os.fspath(encoder),
@@ -59,7 +60,7 @@ class InnerProductRetriever:
             max_document_length=max_document_length,
         )
         self.batch_size = batch_size
-        loaded = load_encoder(self.config.encoder, **self.config.encoder_kwargs)
+        loaded = load_encoder(self.config.encoder, show_progress=show_progress, **self.config.encoder_kwargs)
         self.tokenizer = loaded.tokenizer
         # An identity adapter that is never trained: exactly the frozen encoder.
         self.encoder = SoftEncoder(loaded.model, self.config).eval()
@@ -81,6 +82,16 @@ class InnerProductRetriever:
             )
             chunks.append(torch.nn.functional.normalize(self.encoder(batch["input_ids"], batch["attention_mask"]), dim=-1))
         return torch.cat(chunks) if chunks else torch.zeros(0, self.encoder.dim)
+
+    def embed_queries(self, queries: Sequence[str]) -> torch.Tensor:
+        """Unit-norm frozen query vectors ``[n, dim]`` (what retrieval scores against)."""
+        with self._lock:
+            return self._embed(list(queries), self.config.max_query_length)
+
+    def embed_documents(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm frozen document vectors ``[n, dim]``."""
+        with self._lock:
+            return self._embed(list(texts), self.config.max_document_length)
 
     def fit(self, documents: Iterable[DocumentLike], queries: Iterable[tuple[str, str]] | None = None) -> Self:
         """Embed the documents; labelled queries are ignored (nothing trains)."""

@@ -24,8 +24,8 @@ class TrainConfig(BaseModel):
 
     epochs: int = Field(4, ge=0, description="Epochs of fit; 0 leaves the retriever equal to inner-product search.")
     batch_size: PositiveInt = 32
-    learning_rate: float = Field(2e-4, gt=0, description="Adapter learning rate (AdamW).")
-    head_learning_rate: float = Field(2e-3, gt=0, description="Classifier-head learning rate.")
+    learning_rate: float = Field(5e-5, gt=0, description="Adapter learning rate (AdamW).")
+    head_learning_rate: float = Field(5e-4, gt=0, description="Classifier-head learning rate.")
     weight_decay: float = Field(0.0, ge=0)
     logit_scale: float = Field(
         20.0, gt=0, description="Scores are inner products; cross-entropy uses scores * logit_scale."
@@ -38,6 +38,14 @@ class TrainConfig(BaseModel):
     include_document_text: bool = Field(True, description="Also train on each document's leading text.")
     labelled_repeats: PositiveInt = Field(
         2, description="How many times each labelled (query, doc) pair is seen per epoch."
+    )
+    query_prototype_weight: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "fit: each labelled query adds this times its frozen embedding to its document's initial "
+            "head row (a class prototype), so training starts from doc + known questions; 0 disables."
+        ),
     )
     train_adapter: bool = True
     train_head: bool = True

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -56,20 +57,27 @@ class LoadedEncoder:
     name: str
 
 
-def load_encoder(name: str, **kwargs: Any) -> LoadedEncoder:
+def load_encoder(name: str, *, show_progress: bool = True, **kwargs: Any) -> LoadedEncoder:
     """Load a model and tokenizer offline from a folder or a locally cached id.
 
     Nothing is downloaded: ``local_files_only`` is forced so that a missing model fails fast
-    with a clear error instead of hanging on the network.
+    with a clear error instead of hanging on the network. ``show_progress=False`` also hides
+    transformers' own weight-loading bars (restored afterwards).
     """
     path = resolve_encoder(name)
     if os.path.sep in path and not Path(path).exists():
         raise CheckpointNotFoundError(f"encoder folder {path!r} does not exist")
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not show_progress:
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
         model = AutoModel.from_pretrained(path, local_files_only=True, **kwargs)
     except OSError as exc:
         raise CheckpointNotFoundError(f"cannot load encoder {name!r} offline: {exc}") from exc
+    finally:
+        if bars_were_on and not show_progress:
+            hf_logging.enable_progress_bar()
     if tokenizer.pad_token is None:
         # Decoder-only tokenizers often have no pad token; any id works since padding is masked.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

@@ -101,7 +101,9 @@ class ClassifierRetriever:
         return self
 
     def _build(self) -> None:
-        loaded = load_encoder(self.config.encoder, **self.config.encoder_kwargs)
+        loaded = load_encoder(
+            self.config.encoder, show_progress=self.config.train.show_progress, **self.config.encoder_kwargs
+        )
         self.tokenizer = loaded.tokenizer
         self.device = _pick_device(self.config.train.device)
         self.model = SoftcarModel(SoftEncoder(loaded.model, self.config)).to(self.device)
@@ -231,6 +233,7 @@ class ClassifierRetriever:
             self._append(docs)
             pairs = self._resolve_pairs(queries)
             self._feedback.extend(pairs)
+            self._add_query_prototypes(pairs)
             examples = self._pseudo_examples(range(len(docs)), self.config.train.seed) + pairs * self.config.train.labelled_repeats
             logger.info("fitting on %d documents, %d labelled pairs, %d examples", len(docs), len(pairs), len(examples))
             train_classifier(
@@ -238,6 +241,21 @@ class ClassifierRetriever:
                 epochs=self.config.train.epochs, device=self.device, description="fit",
             )
         return self
+
+    def _add_query_prototypes(self, pairs: list[tuple[str, int]]) -> None:
+        """Move each document's initial row toward its labelled queries' frozen embeddings.
+
+        A row becomes ``normalize(doc + w * sum(query))``: known questions are then found even
+        before training, and paraphrases of them land near the row. Gradient descent starts
+        from this prototype instead of having to move the row there.
+        """
+        weight = self.config.train.query_prototype_weight
+        if not pairs or weight == 0:
+            return
+        vectors = self._embed([text for text, _ in pairs], self.config.max_query_length, "encoding queries")
+        rows = self.model.head.weight.detach().clone()
+        rows.index_add_(0, torch.tensor([row for _, row in pairs], device=rows.device), weight * vectors.to(rows))
+        self.model.head.weight.data.copy_(F.normalize(rows, dim=1))
 
     def _append(self, docs: list[Document]) -> None:
         rows = self._embed([d.text for d in docs], self.config.max_document_length, "encoding documents")
