@@ -558,7 +558,8 @@ SOFTCAR_METHODS = {
 TUNING_VARIANTS: dict[str, dict[str, Any]] = {
     "epochs=0 (B: query prototypes, no training)": {"train": {"epochs": 0}, "settings": ["B"]},
     "query_prototype_weight=0": {"train": {"query_prototype_weight": 0.0}, "settings": ["B"]},
-    "lr x4 (2e-4 / 2e-3, old default)": {"train": {"learning_rate": 2e-4, "head_learning_rate": 2e-3}, "settings": ["A"]},
+    "head_anchor=0": {"train": {"head_anchor": 0.0}},
+    "lr x4 (2e-4 / 2e-3)": {"train": {"learning_rate": 2e-4, "head_learning_rate": 2e-3}, "settings": ["A"]},
 }
 QUICK_TUNING = {"default (linear, 4 ep)": {}, "logit_scale=40": {"train": {"logit_scale": 40.0}}}
 

@@ -187,3 +187,15 @@ def test_trainable_state_dict_round_trip(fitted: ClassifierRetriever) -> None:
         fitted.load_trainable_state_dict({"evil": torch.zeros(1)})
     with pytest.raises(CheckpointError, match="NaN"):
         fitted.load_trainable_state_dict({**state, "head.weight": torch.full_like(state["head.weight"], float("nan"))})
+
+
+def test_head_anchor_limits_row_drift(tiny_bert: str, corpus: list[Document]) -> None:
+    """head_anchor pulls rows toward their starting point: a strong anchor keeps them closer."""
+    start = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False)).fit(corpus)
+    rows0 = start.model.head.weight.detach()
+    drift = {}
+    for anchor in (0.0, 1000.0):
+        config = FAST.model_copy(update={"epochs": 3, "head_learning_rate": 2e-3, "head_anchor": anchor})
+        trained = ClassifierRetriever(tiny_bert, config=config).fit(corpus)
+        drift[anchor] = float((trained.model.head.weight.detach() - rows0).norm())
+    assert 0 < drift[1000.0] < drift[0.0] / 2

@@ -27,6 +27,14 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(5e-5, gt=0, description="Adapter learning rate (AdamW).")
     head_learning_rate: float = Field(5e-4, gt=0, description="Classifier-head learning rate.")
     weight_decay: float = Field(0.0, ge=0)
+    head_anchor: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "L2 pull of head rows toward where training started (document/prototype rows): "
+            "loss += head_anchor * mean_rows ||w - w0||^2."
+        ),
+    )
     logit_scale: float = Field(
         20.0, gt=0, description="Scores are inner products; cross-entropy uses scores * logit_scale."
     )

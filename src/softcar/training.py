@@ -68,6 +68,7 @@ def train_classifier(
         for parameter in group["params"]:
             parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    anchor = model.head.weight.detach().clone() if config.train_head and config.head_anchor > 0 else None
     rng = random.Random(config.seed)
     losses: list[float] = []
     steps_per_epoch = (len(examples) + config.batch_size - 1) // config.batch_size
@@ -84,6 +85,9 @@ def train_classifier(
                     labels = torch.tensor([label for _, label in batch], device=device)
                     scores = model(inputs["input_ids"], inputs["attention_mask"])
                     loss = F.cross_entropy(scores * config.logit_scale, labels)
+                    if anchor is not None:
+                        drift = (model.head.weight - anchor).pow(2).sum(dim=1).mean()
+                        loss = loss + config.head_anchor * drift
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
