@@ -158,3 +158,41 @@ def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, t
     assert len(rounds[-1]["accepted"]) == 1
     assert digest() == before  # leaving the federation leaves the local retriever untouched
     assert federated_retriever(tmp_path / "work") is not None
+
+
+def test_flwr_run_simulation_engine(tiny_encoder, tiny_dataset, tmp_path):
+    """`flwr run federated local-sim`: Flower's simulation engine runs the app end to end.
+
+    Uses a private FLWR_HOME (a copy of federated/flwr-home/config.toml), so the managed
+    SuperLink that `flwr run` leaves behind is identifiable by its path and is stopped here.
+    """
+    app = Path(__file__).resolve().parents[1]
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text((app / "flwr-home" / "config.toml").read_text())
+    output = tmp_path / "output"
+    run_config = " ".join([
+        f'encoder="{tiny_encoder}"', f'dataset="{tiny_dataset}"', 'mode="adapter+head"', "num-server-rounds=1",
+        "batch-size=8", "max-query-length=16", "pseudo-queries-per-document=1", f'output-dir="{output}"',
+    ])
+    flwr = Path(sys.executable).with_name("flwr")
+    env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE="1",
+               PATH=f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}")  # flwr starts flower-superlink by name
+    try:
+        result = subprocess.run(
+            [str(flwr), "run", str(app), "local-sim", "--stream", "--federation-config", "num-supernodes=2",
+             "--run-config", run_config],
+            capture_output=True, text=True, timeout=420, env=env,
+        )
+        log = result.stdout + result.stderr
+        assert result.returncode == 0, log[-4000:]
+        assert "aggregate_train: Received 2 results and 0 failures" in log, log[-4000:]
+        ClassifierRetriever.load(output / "server" / "global" / "latest")
+    finally:
+        for pid in _processes_in(home):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+    time.sleep(1.0)
+    assert _processes_in(home) == [], "processes left running"
