@@ -219,7 +219,9 @@ class ClassifierRetriever:
         """Index ``documents`` and train adapter + head (from scratch).
 
         Works with no labelled queries: spans of the documents serve as training queries.
-        ``queries`` are optional ``(query_text, doc_id)`` pairs.
+        ``queries`` are optional ``(query_text, doc_id)`` pairs; they also seed their document's
+        starting row (``TrainConfig.query_prototype_weight``), so without them an untrained
+        retriever equals inner-product search.
         """
         docs = coerce_documents(documents)
         with self._lock:
