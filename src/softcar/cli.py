@@ -52,7 +52,7 @@ def fit(
     encoder: Annotated[Optional[str], typer.Option(help="Local model folder; default: packaged all-MiniLM-L6-v2.")] = None,
     adapter: Annotated[str, typer.Option(help="'linear' or 'mlp'.")] = "linear",
     pooling: Annotated[str, typer.Option(help="'auto', 'mean', 'last' or 'cls'.")] = "auto",
-    epochs: Annotated[int, typer.Option(help="Training epochs (0 = plain inner-product search).")] = 4,
+    epochs: Annotated[int, typer.Option(help="Training epochs (0 = no training: inner-product search, with rows seeded by any qrels/train.tsv questions).")] = 4,
     split: Annotated[str, typer.Option(help="qrels split used as labelled training pairs, if present.")] = "train",
     quiet: Quiet = False,
 ) -> None:

@@ -22,7 +22,14 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(4, ge=0, description="Epochs of fit; 0 leaves the retriever equal to inner-product search.")
+    epochs: int = Field(
+        4,
+        ge=0,
+        description=(
+            "Epochs of fit; 0 leaves the retriever equal to inner-product search "
+            "(rows moved toward their labelled queries, if any were given: query_prototype_weight)."
+        ),
+    )
     batch_size: PositiveInt = 32
     learning_rate: float = Field(5e-5, gt=0, description="Adapter learning rate (AdamW).")
     head_learning_rate: float = Field(5e-4, gt=0, description="Classifier-head learning rate.")

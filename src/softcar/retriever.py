@@ -226,7 +226,7 @@ class ClassifierRetriever:
         docs = coerce_documents(documents)
         with self._lock:
             torch.manual_seed(self.config.train.seed)
-            # Start from the identity adapter: a fresh fit equals inner-product search at step 0.
+            # Start from the identity adapter: before query prototypes, a fresh fit equals inner-product search.
             encoder = SoftEncoder(self.model.encoder.model, self.config).to(self.device)
             self.model = SoftcarModel(encoder).to(self.device)
             self._documents = []
