@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from softcar_federated import dp, task
-from softcar_federated.launcher import LocalRunSpec, run_local
+from softcar_federated.launcher import LocalRunSpec, centralized_setup, run_local
 from softcar_federated.roundlog import _jsonable
 
 GRIDS = {
@@ -34,12 +34,8 @@ GRIDS = {
 
 def centralized_curve(spec: LocalRunSpec, epsilon: float) -> dict:
     """Centralised training, evaluated after every epoch (same examples and budget as FL)."""
-    split = task.load_split(spec.dataset)
     started = time.perf_counter()
-    retriever = task.build_retriever(split.corpus, spec.encoder, max_query_length=spec.max_query_length,
-                                     pseudo_queries=spec.pseudo_queries_per_document)
-    examples = task.local_examples(retriever, None, split.feedback)
-    epochs = spec.rounds * spec.local_epochs
+    split, retriever, examples, epochs = centralized_setup(spec)
     sigma, _, _ = dp.planned_noise(epsilon, 1e-5, len(examples), spec.batch_size, 1, epochs)
     setup_s = time.perf_counter() - started
     curve = [{"epoch": 0, "elapsed_s": 0.0, **_pick(task.quality(retriever, split.heldout))}]

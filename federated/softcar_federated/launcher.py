@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from softcar import ClassifierRetriever
 
 from softcar_federated import dp, task
 from softcar_federated.local import LaunchError, LocalFederation, read_rounds, wait_for
@@ -78,15 +79,21 @@ def _pick(scores: dict | None) -> dict[str, float] | None:
     return None if scores is None else {k: float(scores[k]) for k in KEY_METRICS if k in scores}
 
 
-def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[str, Any]:
-    """The same retriever and training budget without federation: all deployments' data in one
-    place, ``rounds × local_epochs`` epochs, DP-SGD only when ``epsilon`` is finite."""
+def centralized_setup(spec: LocalRunSpec) -> tuple[task.SplitDataset, ClassifierRetriever, list, int]:
+    """All deployments' data in one place: the split, an untrained retriever over the whole
+    corpus, its training examples, and the epoch budget FL gets (``rounds × local_epochs``)."""
     split = task.load_split(spec.dataset)
-    started = time.perf_counter()
     retriever = task.build_retriever(split.corpus, spec.encoder, max_query_length=spec.max_query_length,
                                      pseudo_queries=spec.pseudo_queries_per_document)
     examples = task.local_examples(retriever, None, split.feedback)
-    epochs = spec.rounds * spec.local_epochs
+    return split, retriever, examples, spec.rounds * spec.local_epochs
+
+
+def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[str, Any]:
+    """The same retriever and training budget without federation: all deployments' data in one
+    place, ``rounds × local_epochs`` epochs, DP-SGD only when ``epsilon`` is finite."""
+    started = time.perf_counter()
+    split, retriever, examples, epochs = centralized_setup(spec)
     sigma, _, _ = dp.planned_noise(epsilon, 1e-5, len(examples), spec.batch_size, epochs, 1)
     settings = dp.DPSettings(
         epochs=epochs, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
