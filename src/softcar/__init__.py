@@ -1,25 +1,49 @@
 """softcar: a frozen small language model with a soft-embedding adapter, used as a classifier
-over document ids: a retriever that adapts to private corpora on small machines."""
+over document ids: a retriever that adapts to private corpora on small machines.
+
+Everything the integrations, the federated app and users need is re-exported here; other
+modules are implementation detail unless their docstring says otherwise (``softcar.errors`` is
+public).
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from softcar.baselines import BM25Retriever, InnerProductRetriever, load_retriever
 from softcar.config import RetrieverConfig, TrainConfig
-from softcar.documents import Document, ScoredDocument
+from softcar.data import BeirDataset, load_beir, load_jsonl_documents, packaged_dataset_path
+from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
+from softcar.encoder import default_encoder_path
+from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
 from softcar.interface import Retriever
 from softcar.retriever import ClassifierRetriever
+from softcar.validation import TrainingPair, normalize_pairs, validate_k, validate_queries, validate_query
+from softcar.version import __version__
 
 __all__ = [
     "BM25Retriever",
+    "BeirDataset",
     "ClassifierRetriever",
     "Document",
+    "DocumentLike",
     "InnerProductRetriever",
     "Retriever",
     "RetrieverConfig",
     "ScoredDocument",
     "TrainConfig",
+    "TrainingPair",
     "__version__",
+    "coerce_documents",
+    "default_encoder_path",
+    "evaluate",
+    "load_beir",
+    "load_jsonl_documents",
     "load_retriever",
+    "normalize_pairs",
+    "packaged_dataset_path",
+    "query_latency",
+    "run_retrieval",
+    "score_run",
+    "validate_k",
+    "validate_queries",
+    "validate_query",
 ]

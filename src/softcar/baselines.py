@@ -22,7 +22,7 @@ from softcar.config import DEFAULT_ENCODER, PoolingKind, RetrieverConfig
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import SoftEncoder, encoder_fingerprint, load_encoder
 from softcar.errors import CorruptCheckpointError, EncoderMismatchError
-from softcar.interface import require_fitted, validate_k, validate_queries, validate_query
+from softcar.validation import require_fitted, validate_k, validate_queries, validate_query
 from softcar.persistence import (
     atomic_directory,
     read_documents,

@@ -13,7 +13,6 @@ from typing import Any, Protocol, runtime_checkable
 from typing_extensions import Self
 
 from softcar.documents import Document, DocumentLike, ScoredDocument
-from softcar.errors import EmptyQueryError, InvalidKError, InvalidQueryError, NotFittedError
 
 
 @runtime_checkable
@@ -35,32 +34,3 @@ class Retriever(Protocol):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self: ...
-
-
-def validate_query(query: object) -> str:
-    """Return the query if it is a non-blank string, else raise a typed error."""
-    if not isinstance(query, str):
-        raise InvalidQueryError(f"query must be a str, got {type(query).__name__}")
-    if not query.strip():
-        raise EmptyQueryError("query is empty or whitespace only")
-    return query
-
-
-def validate_queries(queries: object) -> list[str]:
-    if isinstance(queries, str) or not isinstance(queries, Sequence):
-        raise InvalidQueryError("queries must be a sequence of str (use retrieve() for one query)")
-    return [validate_query(q) for q in queries]
-
-
-def validate_k(k: object) -> int:
-    """``k`` must be an int ≥ 1; values above the corpus size are clipped by the caller."""
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise InvalidKError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise InvalidKError(f"k must be >= 1, got {k}")
-    return k
-
-
-def require_fitted(documents: Sequence[Document], name: str) -> None:
-    if not documents:
-        raise NotFittedError(f"{name} has no documents: call fit(documents) first")

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from softcar.documents import Document
 from softcar.errors import CheckpointNotFoundError, CorruptCheckpointError
+from softcar.version import __version__
 
 MANIFEST = "softcar.json"
 FORMAT = "softcar-checkpoint"
@@ -105,8 +106,6 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def write_manifest(folder: Path, kind: str, payload: dict[str, Any]) -> None:
     """Write ``softcar.json`` last, with checksums of every file already in ``folder``."""
-    from softcar import __version__
-
     files = {f.name: sha256_file(f) for f in sorted(folder.iterdir()) if f.name != MANIFEST}
     manifest = {
         "format": FORMAT,

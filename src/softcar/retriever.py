@@ -26,7 +26,7 @@ from softcar.errors import (
     InvalidTrainingPairError,
     UnknownDocumentError,
 )
-from softcar.interface import require_fitted, validate_k, validate_queries, validate_query
+from softcar.validation import require_fitted, validate_k, validate_queries, validate_query
 from softcar.model import SoftcarModel
 from softcar.persistence import (
     atomic_directory,
