@@ -112,3 +112,14 @@ def test_cli_errors_are_clear(tmp_path: Path, beir: Path) -> None:
 def test_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_jsonl_invalid_utf8_on_first_line(tmp_path: Path) -> None:
+    """Regression: a first line that is not UTF-8 raised UnboundLocalError, not DatasetError."""
+    from softcar import load_jsonl_documents
+    from softcar.errors import DatasetError
+
+    bad = tmp_path / "corpus.jsonl"
+    bad.write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
+    with pytest.raises(DatasetError, match="line 1"):
+        load_jsonl_documents(bad)

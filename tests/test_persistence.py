@@ -49,7 +49,7 @@ def test_crash_mid_save_keeps_previous(fitted: ClassifierRetriever, tmp_path: Pa
     def crash(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("simulated crash while writing")
 
-    monkeypatch.setattr("softcar.retriever.write_documents", crash)
+    monkeypatch.setattr("softcar.base.write_documents", crash)
     with pytest.raises(KeyboardInterrupt):
         fitted.save(tmp_path / "m")
     monkeypatch.undo()
@@ -126,3 +126,32 @@ def test_load_retriever_dispatches(fitted: ClassifierRetriever, tmp_path: Path) 
     assert [h.document.id for h in load_retriever(tmp_path / "m").retrieve(QUESTIONS[0], k=3)] == [
         h.document.id for h in fitted.retrieve(QUESTIONS[0], k=3)
     ]
+
+
+def test_documents_file_invalid_utf8_on_first_line(fitted: ClassifierRetriever, tmp_path: Path) -> None:
+    """Regression: a first line that is not UTF-8 raised UnboundLocalError, not the typed error."""
+    from softcar.persistence import read_documents
+
+    bad = tmp_path / "documents.jsonl"
+    bad.write_bytes(b'{"id": "a", "text": "\xff\xfe"}\n')
+    with pytest.raises(CorruptCheckpointError, match="line 1"):
+        read_documents(bad)
+
+
+@pytest.mark.parametrize("kind", ["bm25", "inner_product", "classifier"])
+def test_load_retriever_accepts_device_for_every_kind(kind: str, tiny_bert: str, tmp_path: Path) -> None:
+    """Regression: ``load_retriever(path, device=...)`` raised TypeError for baseline checkpoints."""
+    from tests.conftest import CORPUS
+
+    build = {
+        "bm25": lambda: BM25Retriever(),
+        "inner_product": lambda: InnerProductRetriever(tiny_bert, show_progress=False),
+        "classifier": lambda: ClassifierRetriever(tiny_bert, config=FAST),
+    }[kind]
+    original = build().fit(CORPUS)
+    original.save(tmp_path / kind)
+    loaded = load_retriever(tmp_path / kind, device="cpu", show_progress=False)
+    assert type(loaded) is type(original)
+    assert ranking(loaded) == ranking(original)
+    with pytest.raises(TypeError, match="unexpected options"):
+        load_retriever(tmp_path / kind, colour="blue")

@@ -8,19 +8,34 @@ public).
 
 from __future__ import annotations
 
-from softcar.baselines import BM25Retriever, InnerProductRetriever, load_retriever
+from softcar.base import BaseRetriever, load_retriever, retriever_kinds
+from softcar.baselines import BM25Retriever, InnerProductRetriever
 from softcar.config import RetrieverConfig, TrainConfig
 from softcar.data import BeirDataset, load_beir, load_jsonl_documents, packaged_dataset_path
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import default_encoder_path
 from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
 from softcar.interface import Retriever
-from softcar.retriever import ClassifierRetriever
+from softcar.persistence import write_json
+from softcar.retriever import ClassifierRetriever, TrainingSetup
+from softcar.trainer import ProgressBar, StepTimer, Trainer, TrainerCallback, TrainResult
+from softcar.losses import ClassificationLoss
+from softcar.regularizers import HeadAnchor, ProximalTerm
 from softcar.validation import TrainingPair, normalize_pairs, validate_k, validate_queries, validate_query
 from softcar.version import __version__
 
 __all__ = [
     "BM25Retriever",
+    "ClassificationLoss",
+    "HeadAnchor",
+    "ProgressBar",
+    "ProximalTerm",
+    "StepTimer",
+    "TrainResult",
+    "Trainer",
+    "TrainerCallback",
+    "TrainingSetup",
+    "BaseRetriever",
     "BeirDataset",
     "ClassifierRetriever",
     "Document",
@@ -41,9 +56,11 @@ __all__ = [
     "normalize_pairs",
     "packaged_dataset_path",
     "query_latency",
+    "retriever_kinds",
     "run_retrieval",
     "score_run",
     "validate_k",
     "validate_queries",
     "validate_query",
+    "write_json",
 ]

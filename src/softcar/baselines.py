@@ -1,4 +1,4 @@
-"""Baselines behind the same :class:`~softcar.interface.Retriever` interface.
+"""Baselines behind the same :class:`~softcar.base.BaseRetriever` interface.
 
 - ``InnerProductRetriever``: the frozen encoder (no adapter) + a matrix product over document
   vectors: what a RAG pipeline's vector-store retriever does.
@@ -9,34 +9,30 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import bm25s
+import numpy as np
 import torch
+from torch.nn import functional as F
 from typing_extensions import Self
 
+from softcar.base import BaseRetriever
 from softcar.config import DEFAULT_ENCODER, PoolingKind, RetrieverConfig
-from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
-from softcar.encoder import SoftEncoder, encoder_fingerprint, load_encoder
-from softcar.errors import CorruptCheckpointError, EncoderMismatchError
-from softcar.validation import require_fitted, validate_k, validate_queries, validate_query
-from softcar.persistence import (
-    atomic_directory,
-    read_documents,
-    read_manifest,
-    read_tensors,
-    write_documents,
-    write_manifest,
-    write_tensors,
-)
+from softcar.documents import Document
+from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
+from softcar.errors import CorruptCheckpointError
+from softcar.persistence import read_tensors, write_tensors
+from softcar.validation import TrainingPair, validate_queries
 
 logger = logging.getLogger(__name__)
 
+EMBEDDINGS_FILE = "embeddings.safetensors"
 
-class InnerProductRetriever:
+
+class InnerProductRetriever(BaseRetriever):
     """Frozen-encoder dense retrieval: cosine inner product between query and document vectors."""
 
     kind = "inner_product"
@@ -51,7 +47,9 @@ class InnerProductRetriever:
         batch_size: int = 64,
         encoder_kwargs: Mapping[str, Any] | None = None,
         show_progress: bool = True,
+        device: str | None = None,
     ) -> None:
+        self._init_store()
         self.config = RetrieverConfig(
             encoder=DEFAULT_ENCODER if encoder is None else os.fspath(encoder),
             encoder_kwargs=dict(encoder_kwargs or {}),
@@ -60,207 +58,132 @@ class InnerProductRetriever:
             max_document_length=max_document_length,
         )
         self.batch_size = batch_size
+        self.device = torch.device(device or "cpu")
         loaded = load_encoder(self.config.encoder, show_progress=show_progress, **self.config.encoder_kwargs)
         self.tokenizer = loaded.tokenizer
         # An identity adapter that is never trained: exactly the frozen encoder.
-        self.encoder = SoftEncoder(loaded.model, self.config).eval()
-        self._documents: list[Document] = []
+        self.encoder = SoftEncoder(loaded.model, self.config).to(self.device).eval()
         self._matrix = torch.zeros(0, self.encoder.dim)
-        self._lock = threading.RLock()
 
-    @property
-    def documents(self) -> list[Document]:
-        return list(self._documents)
-
-    @torch.no_grad()
     def _embed(self, texts: Sequence[str], max_length: int) -> torch.Tensor:
-        chunks = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]),
-                padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-            )
-            chunks.append(torch.nn.functional.normalize(self.encoder(batch["input_ids"], batch["attention_mask"]), dim=-1))
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.encoder.dim)
+        if not texts:
+            return torch.zeros(0, self.encoder.dim)
+        vectors = embed_texts(
+            lambda ids, mask: F.normalize(self.encoder(ids, mask), dim=-1), self.tokenizer, texts,
+            max_length=max_length, batch_size=self.batch_size, device=self.device,
+        )
+        return vectors.cpu()
 
     def embed_queries(self, queries: Sequence[str]) -> torch.Tensor:
         """Unit-norm frozen query vectors ``[n, dim]`` (what retrieval scores against)."""
         with self._lock:
-            return self._embed(list(queries), self.config.max_query_length)
+            return self._embed(validate_queries(list(queries)), self.config.max_query_length)
 
     def embed_documents(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit-norm frozen document vectors ``[n, dim]``."""
         with self._lock:
             return self._embed(list(texts), self.config.max_document_length)
 
-    def fit(self, documents: Iterable[DocumentLike], queries: Iterable[tuple[str, str]] | None = None) -> Self:
+    def fit(self, documents: Iterable[Any], queries: Iterable[TrainingPair] | None = None) -> Self:
         """Embed the documents; labelled queries are ignored (nothing trains)."""
-        docs = coerce_documents(documents)
-        with self._lock:
-            self._documents = []
-            self._matrix = torch.zeros(0, self.encoder.dim)
-            self._append(docs)
-        return self
+        return super().fit(documents, queries)
 
-    def _append(self, docs: list[Document]) -> None:
-        vectors = self._embed([d.text for d in docs], self.config.max_document_length)
-        self._matrix = torch.cat([self._matrix, vectors])
-        self._documents.extend(docs)
+    def _fit(self, docs: list[Document], queries: Iterable[TrainingPair] | None) -> None:
+        self._matrix = torch.zeros(0, self.encoder.dim)
+        self._add(docs)
 
-    def add_documents(self, documents: Iterable[DocumentLike]) -> list[str]:
-        with self._lock:
-            docs = coerce_documents(documents, (d.id for d in self._documents), start_index=len(self._documents))
-            self._append(docs)
-            return [d.id for d in docs]
+    def _add(self, docs: list[Document]) -> None:
+        self._matrix = torch.cat([self._matrix, self._embed([d.text for d in docs], self.config.max_document_length)])
+        self._store(docs)
 
-    def retrieve(self, query: str, k: int = 4) -> list[ScoredDocument]:
-        validate_query(query)
-        return self.retrieve_batch([query], k)[0]
+    def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self._embed(queries, self.config.max_query_length) @ self._matrix.T
+        top = torch.topk(scores, k, dim=1)
+        return top.values, top.indices
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 4) -> list[list[ScoredDocument]]:
-        queries = validate_queries(queries)
-        k = validate_k(k)
-        with self._lock:
-            require_fitted(self._documents, "InnerProductRetriever")
-            if not queries:
-                return []
-            scores = self._embed(queries, self.config.max_query_length) @ self._matrix.T
-            top = torch.topk(scores, min(k, len(self._documents)), dim=1)
-            return [
-                [ScoredDocument(document=self._documents[i], score=float(s)) for s, i in zip(vs.tolist(), ix.tolist())]
-                for vs, ix in zip(top.values, top.indices)
-            ]
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        with self._lock:
-            require_fitted(self._documents, "InnerProductRetriever")
-            with atomic_directory(path) as tmp:
-                write_tensors(tmp / "embeddings.safetensors", {"documents": self._matrix})
-                write_documents(tmp / "documents.jsonl", self._documents)
-                write_manifest(
-                    tmp,
-                    self.kind,
-                    {
-                        "config": self.config.model_dump(mode="json"),
-                        "encoder": {"name": self.config.encoder, "fingerprint": encoder_fingerprint(self.encoder.model)},
-                        "num_documents": len(self._documents),
-                    },
-                )
+    def _save_state(self, folder: Path) -> dict[str, Any]:
+        write_tensors(folder / EMBEDDINGS_FILE, {"documents": self._matrix})
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "encoder": {"name": self.config.encoder, "fingerprint": encoder_fingerprint(self.encoder.model)},
+        }
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], encoder: str | os.PathLike[str] | None = None) -> Self:
-        manifest = read_manifest(path, cls.kind)
+    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
         try:
             config = RetrieverConfig.model_validate(manifest["config"])
-            fingerprint = manifest["encoder"]["fingerprint"]
+            expected = str(manifest["encoder"]["fingerprint"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"{path}: invalid manifest: {exc}") from exc
+            raise CorruptCheckpointError(f"{folder}: invalid manifest: {exc}") from exc
+        encoder = options.get("encoder")
         self = cls(
             encoder if encoder is not None else config.encoder,
             config.pooling,
             max_query_length=config.max_query_length,
             max_document_length=config.max_document_length,
             encoder_kwargs=config.encoder_kwargs,
+            show_progress=options.get("show_progress", True),
+            device=options.get("device"),
         )
-        if encoder_fingerprint(self.encoder.model) != fingerprint:
-            raise EncoderMismatchError(f"checkpoint {str(path)!r} was built with a different base encoder")
-        documents = read_documents(Path(path) / "documents.jsonl")
-        matrix = read_tensors(Path(path) / "embeddings.safetensors").get("documents")
-        if matrix is None or matrix.shape != (len(documents), self.encoder.dim):
-            raise CorruptCheckpointError(f"{path}: embeddings do not match the documents")
-        self._documents, self._matrix = documents, matrix
+        check_fingerprint(folder, self.encoder.model, expected, self.config.encoder)
         return self
 
+    def _load_state(self, folder: Path, manifest: dict[str, Any]) -> None:
+        matrix = read_tensors(folder / EMBEDDINGS_FILE).get("documents")
+        if matrix is None or tuple(matrix.shape) != (len(self._documents), self.encoder.dim):
+            raise CorruptCheckpointError(f"{folder}: embeddings do not match the documents")
+        self._matrix = matrix
 
-class BM25Retriever:
+
+class BM25Retriever(BaseRetriever):
     """Lexical BM25 (``bm25s``), the classic baseline for FAQ-like corpora."""
 
     kind = "bm25"
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, stopwords: str | None = "en") -> None:
+        self._init_store()
         self.k1, self.b, self.stopwords = k1, b, stopwords
-        self._documents: list[Document] = []
         self._index: bm25s.BM25 | None = None
-        self._lock = threading.RLock()
 
-    @property
-    def documents(self) -> list[Document]:
-        return list(self._documents)
+    def _tokenize(self, texts: list[str]) -> Any:
+        return bm25s.tokenize(texts, stopwords=self.stopwords, show_progress=False)
 
     def _rebuild(self) -> None:
-        tokens = bm25s.tokenize([d.text for d in self._documents], stopwords=self.stopwords, show_progress=False)
         self._index = bm25s.BM25(k1=self.k1, b=self.b)
-        self._index.index(tokens, show_progress=False)
+        self._index.index(self._tokenize([d.text for d in self._documents]), show_progress=False)
 
-    def fit(self, documents: Iterable[DocumentLike], queries: Iterable[tuple[str, str]] | None = None) -> Self:
+    def fit(self, documents: Iterable[Any], queries: Iterable[TrainingPair] | None = None) -> Self:
         """Index the documents; labelled queries are ignored."""
-        docs = coerce_documents(documents)
-        with self._lock:
-            self._documents = docs
-            self._rebuild()
-        return self
+        return super().fit(documents, queries)
 
-    def add_documents(self, documents: Iterable[DocumentLike]) -> list[str]:
+    def _fit(self, docs: list[Document], queries: Iterable[TrainingPair] | None) -> None:
+        self._add(docs)
+
+    def _add(self, docs: list[Document]) -> None:
         """BM25's statistics are corpus-wide, so the index is rebuilt (cheap at this scale)."""
-        with self._lock:
-            docs = coerce_documents(documents, (d.id for d in self._documents), start_index=len(self._documents))
-            self._documents = self._documents + docs
-            self._rebuild()
-            return [d.id for d in docs]
+        self._store(docs)
+        self._rebuild()
 
-    def retrieve(self, query: str, k: int = 4) -> list[ScoredDocument]:
-        validate_query(query)
-        return self.retrieve_batch([query], k)[0]
+    def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._index is not None
+        rows, scores = [], []
+        for query in queries:
+            ids, values = self._index.retrieve(self._tokenize([query]), k=k, show_progress=False, n_threads=1)
+            rows.append(np.asarray(ids[0], dtype=np.int64))
+            scores.append(np.asarray(values[0], dtype=np.float32))
+        return torch.from_numpy(np.stack(scores)), torch.from_numpy(np.stack(rows))
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 4) -> list[list[ScoredDocument]]:
-        queries = validate_queries(queries)
-        k = validate_k(k)
-        with self._lock:
-            require_fitted(self._documents, "BM25Retriever")
-            if not queries:
-                return []
-            k = min(k, len(self._documents))
-            assert self._index is not None
-            results = []
-            for query in queries:
-                tokens = bm25s.tokenize([query], stopwords=self.stopwords, show_progress=False)
-                ids, scores = self._index.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-                results.append(
-                    [ScoredDocument(document=self._documents[int(i)], score=float(s)) for i, s in zip(ids[0], scores[0])]
-                )
-            return results
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Documents + parameters; the index is rebuilt on load (no pickled arrays)."""
-        with self._lock:
-            require_fitted(self._documents, "BM25Retriever")
-            with atomic_directory(path) as tmp:
-                write_documents(tmp / "documents.jsonl", self._documents)
-                write_manifest(tmp, self.kind, {"params": {"k1": self.k1, "b": self.b, "stopwords": self.stopwords},
-                                                "num_documents": len(self._documents)})
+    def _save_state(self, folder: Path) -> dict[str, Any]:
+        """Parameters only: the index is rebuilt on load (no pickled arrays)."""
+        return {"params": {"k1": self.k1, "b": self.b, "stopwords": self.stopwords}}
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Self:
-        manifest = read_manifest(path, cls.kind)
+    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
+        """``encoder`` / ``device`` / ``show_progress`` mean nothing to BM25 and are ignored."""
         try:
-            self = cls(**manifest["params"])
+            return cls(**manifest["params"])
         except (KeyError, TypeError) as exc:
-            raise CorruptCheckpointError(f"{path}: invalid manifest: {exc}") from exc
-        self._documents = read_documents(Path(path) / "documents.jsonl")
-        if not self._documents:
-            raise CorruptCheckpointError(f"{path}: checkpoint holds no documents")
+            raise CorruptCheckpointError(f"{folder}: invalid manifest: {exc}") from exc
+
+    def _load_state(self, folder: Path, manifest: dict[str, Any]) -> None:
         self._rebuild()
-        return self
-
-
-def load_retriever(path: str | os.PathLike[str], **kwargs: Any) -> Any:
-    """Load any softcar checkpoint, dispatching on the kind recorded in its manifest."""
-    from softcar.retriever import ClassifierRetriever
-
-    kind = read_manifest(path).get("kind")
-    classes = {"classifier": ClassifierRetriever, "inner_product": InnerProductRetriever, "bm25": BM25Retriever}
-    if kind not in classes:
-        raise CorruptCheckpointError(f"{path}: unknown retriever kind {kind!r}")
-    return classes[kind].load(path, **kwargs)
-
-

@@ -40,6 +40,7 @@ class BeirDataset:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
+    line_no = 0
     try:
         with open(path, encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, 1):
@@ -51,7 +52,9 @@ def _read_jsonl(path: Path) -> list[dict]:
     except FileNotFoundError as exc:
         raise DatasetError(f"{path} does not exist") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
+        # A decoding error surfaces while reading line ``line_no + 1``.
+        where = line_no + 1 if isinstance(exc, UnicodeDecodeError) else line_no
+        raise DatasetError(f"{path}: line {where} is not valid UTF-8 JSON: {exc}") from exc
     return rows
 
 

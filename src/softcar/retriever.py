@@ -4,55 +4,65 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import threading
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader
 from typing_extensions import Self
 
+from softcar.base import BaseRetriever
 from softcar.config import DEFAULT_ENCODER, AdapterKind, PoolingKind, RetrieverConfig, TrainConfig
-from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
-from softcar.encoder import SoftEncoder, encoder_fingerprint, load_encoder
-from softcar.errors import (
-    CheckpointError,
-    CorruptCheckpointError,
-    EmptyQueryError,
-    EncoderMismatchError,
-    InvalidTrainingPairError,
-    UnknownDocumentError,
-)
-from softcar.validation import require_fitted, validate_k, validate_queries, validate_query
+from softcar.documents import Document, DocumentLike
+from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
+from softcar.errors import CheckpointError, CorruptCheckpointError
+from softcar.losses import ClassificationLoss
 from softcar.model import SoftcarModel
-from softcar.persistence import (
-    atomic_directory,
-    read_documents,
-    read_manifest,
-    read_tensors,
-    write_documents,
-    write_manifest,
-    write_tensors,
+from softcar.persistence import read_tensors, write_tensors
+from softcar.regularizers import HeadAnchor
+from softcar.trainer import ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
+from softcar.training_data import (
+    Example,
+    ExampleDataset,
+    example_loader,
+    pairs_to_rows,
+    replay_examples,
+    span_examples,
 )
-from softcar.pseudo_queries import pseudo_queries
-from softcar.training import train_classifier
+from softcar.validation import TrainingPair, normalize_pairs, require_fitted, validate_queries
 
 logger = logging.getLogger(__name__)
 
-KIND = "classifier"
-TrainingPair = tuple[str, str]
+WEIGHTS_FILE = "weights.safetensors"
 
 
-def _pick_device(name: str | None) -> torch.device:
+def pick_device(name: str | None) -> torch.device:
+    """``name`` if given, else CUDA when available, else CPU."""
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class ClassifierRetriever:
+@dataclass
+class TrainingSetup:
+    """Everything :class:`~softcar.trainer.Trainer` needs for one training run of a retriever.
+
+    The federated client wraps ``model``, ``optimizer`` and ``loader`` with Opacus and passes
+    them to the same trainer, exactly as ``fit`` does without DP.
+    """
+
+    model: SoftcarModel
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader[Any]
+    loss: ClassificationLoss
+    regularizers: list[Regularizer]
+    config: TrainConfig
+
+
+class ClassifierRetriever(BaseRetriever):
     """A frozen small language model + trainable input adapter + classifier head over doc ids.
 
     ``retrieve`` embeds the query through the adapter and returns the documents whose head rows
@@ -67,6 +77,8 @@ class ClassifierRetriever:
         config: training hyper-parameters.
         encoder_kwargs: extra ``from_pretrained`` kwargs, e.g. ``{"gguf_file": "model.gguf"}``.
     """
+
+    kind = "classifier"
 
     def __init__(
         self,
@@ -101,28 +113,20 @@ class ClassifierRetriever:
         return self
 
     def _build(self) -> None:
+        self._init_store()
         loaded = load_encoder(
             self.config.encoder, show_progress=self.config.train.show_progress, **self.config.encoder_kwargs
         )
         self.tokenizer = loaded.tokenizer
-        self.device = _pick_device(self.config.train.device)
+        self.device = pick_device(self.config.train.device)
         self.model = SoftcarModel(SoftEncoder(loaded.model, self.config)).to(self.device)
         self.model.eval()
-        self._documents: list[Document] = []
-        self._row_of: dict[str, int] = {}
-        self._feedback: list[tuple[str, int]] = []
+        self._feedback: list[Example] = []
         self._fingerprint: str | None = None
-        self._lock = threading.RLock()
+        self.callbacks: list[TrainerCallback] = []
+        """Trainer callbacks for every training run (fit, update, add_documents), e.g. a StepTimer."""
 
     # ------------------------------------------------------------------ basics
-    @property
-    def documents(self) -> list[Document]:
-        """The document store, in head-row order (a copy)."""
-        return list(self._documents)
-
-    def __len__(self) -> int:
-        return len(self._documents)
-
     def __repr__(self) -> str:
         return (
             f"ClassifierRetriever(encoder={self.config.encoder!r}, adapter={self.config.adapter!r}, "
@@ -138,32 +142,16 @@ class ClassifierRetriever:
 
     def num_trainable_parameters(self) -> int:
         """Adapter + head parameters: everything ``fit`` may change."""
-        return sum(p.numel() for p in self.model.adapter.parameters()) + self.model.head.weight.numel()
+        return sum(p.numel() for p in self.model.trainable_parameters().values())
 
-    def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Tokenise with truncation (over-long input is cut, never an error)."""
-        return dict(
-            self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=max_length or self.config.max_query_length,
-                return_tensors="pt",
-            )
-        )
-
-    @torch.no_grad()
     def _embed(self, texts: Sequence[str], max_length: int, description: str | None = None) -> torch.Tensor:
         """Unit-norm vectors of ``texts`` through the current adapter, in batches."""
-        size = self.config.train.encode_batch_size
-        chunks = []
-        show = description is not None and self.config.train.show_progress and len(texts) > size
-        for start in tqdm(range(0, len(texts), size), desc=description, disable=not show, leave=False):
-            batch = self.tokenize(list(texts[start : start + size]), max_length)
-            chunks.append(
-                self.model.embed(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-            )
-        return torch.cat(chunks) if chunks else torch.zeros(0, self.model.encoder.dim, device=self.device)
+        vectors = embed_texts(
+            self.model.embed, self.tokenizer, texts, max_length=max_length,
+            batch_size=self.config.train.encode_batch_size, device=self.device,
+            description=description, show_progress=self.config.train.show_progress,
+        )
+        return vectors if len(texts) else torch.zeros(0, self.model.encoder.dim, device=self.device)
 
     def embed_queries(self, queries: Sequence[str]) -> torch.Tensor:
         """Query vectors through the adapter (what the head scores)."""
@@ -171,80 +159,94 @@ class ClassifierRetriever:
             return self._embed(validate_queries(list(queries)), self.config.max_query_length).cpu()
 
     def embed_documents(self, texts: Sequence[str]) -> torch.Tensor:
+        """Document vectors through the adapter (what new head rows start from)."""
         with self._lock:
             return self._embed(list(texts), self.config.max_document_length, "encoding documents").cpu()
 
-    # ------------------------------------------------------------------ training data
-    def _resolve_pairs(self, queries: Iterable[TrainingPair] | None) -> list[tuple[str, int]]:
-        if queries is None:
-            return []
-        if isinstance(queries, (str, bytes)) or (isinstance(queries, tuple) and len(queries) == 2 and isinstance(queries[0], str)):
-            raise InvalidTrainingPairError("queries must be an iterable of (query_text, doc_id) pairs")
-        out = []
-        for position, pair in enumerate(queries):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                raise InvalidTrainingPairError(f"training pair at position {position} is not a (query_text, doc_id) pair")
-            text, doc_id = pair
-            if not isinstance(text, str) or not isinstance(doc_id, str):
-                raise InvalidTrainingPairError(f"training pair at position {position} must hold two str, got {pair!r}")
-            if not text.strip():
-                raise EmptyQueryError(f"training pair at position {position} has an empty query")
-            if doc_id not in self._row_of:
-                raise UnknownDocumentError(f"training pair at position {position} names unknown document id {doc_id!r}")
-            out.append((text, self._row_of[doc_id]))
-        return out
+    # ------------------------------------------------------------------ training
+    def _rows(self, queries: Iterable[Any] | None) -> list[Example]:
+        return pairs_to_rows(normalize_pairs(queries), self._row_of)
 
-    def _pseudo_examples(self, rows: Iterable[int], seed: int) -> list[tuple[str, int]]:
-        cfg = self.config.train
-        rng = random.Random(seed)
-        examples: list[tuple[str, int]] = []
-        for row in rows:
-            text = self._documents[row].text
-            for span in pseudo_queries(text, cfg.pseudo_queries_per_document, rng, cfg.span_min_words, cfg.span_max_words):
-                examples.append((span, row))
-            if cfg.include_document_text:
-                examples.append((text, row))
-        return examples
-
-    def training_examples(self, queries: Iterable[TrainingPair] | None = None) -> list[tuple[str, int]]:
+    def training_examples(self, queries: Iterable[TrainingPair] | None = None) -> list[Example]:
         """``(text, head row)`` examples: pseudo-queries from every document + labelled pairs."""
         with self._lock:
             require_fitted(self._documents, "ClassifierRetriever")
-            examples = self._pseudo_examples(range(len(self._documents)), self.config.train.seed)
-            labelled = self._resolve_pairs(queries)
-            return examples + labelled * self.config.train.labelled_repeats
+            cfg = self.config.train
+            spans = span_examples(self._documents, range(len(self._documents)), cfg, cfg.seed)
+            return spans + self._rows(queries) * cfg.labelled_repeats
+
+    def training_setup(self, examples: Sequence[Example], config: TrainConfig | None = None) -> TrainingSetup:
+        """Optimizer, batches, loss and regularisers for training on ``examples``.
+
+        ``config`` overrides the retriever's own ``TrainConfig`` (the federated client uses its
+        own learning rates). Only the adapter and/or head are given to the optimizer; the SLM
+        stays frozen.
+        """
+        cfg = config or self.config.train
+        parts = [p for p, on in (("adapter", cfg.train_adapter), ("head", cfg.train_head)) if on]
+        named = self.model.trainable_parameters(parts)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in named.values():
+            parameter.requires_grad_(True)
+        groups = []
+        if cfg.train_adapter:
+            groups.append({"params": [p for n, p in named.items() if n.startswith("adapter.")], "lr": cfg.learning_rate})
+        if cfg.train_head:
+            groups.append({"params": [named["head.weight"]], "lr": cfg.head_learning_rate})
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        dataset = ExampleDataset(examples, self.tokenizer, self.config.max_query_length)
+        regularizers: list[Regularizer] = []
+        if cfg.train_head and cfg.head_anchor > 0:
+            regularizers.append(HeadAnchor(self.model.head.weight, cfg.head_anchor))
+        return TrainingSetup(
+            model=self.model,
+            optimizer=optimizer,
+            loader=example_loader(dataset, cfg.batch_size, cfg.seed),
+            loss=ClassificationLoss(cfg.logit_scale),
+            regularizers=regularizers,
+            config=cfg,
+        )
+
+    def _train(self, examples: Sequence[Example], epochs: int, description: str) -> TrainResult:
+        cfg = self.config.train
+        if not examples or epochs <= 0 or not (cfg.train_adapter or cfg.train_head):
+            return TrainResult()
+        setup = self.training_setup(examples)
+        trainer = Trainer(
+            setup.model, setup.optimizer, setup.loss,
+            regularizers=setup.regularizers,
+            callbacks=[ProgressBar(description, cfg.show_progress), *self.callbacks],
+            device=self.device,
+        )
+        return trainer.train(setup.loader, epochs)
 
     # ------------------------------------------------------------------ fit / update / add
     def fit(self, documents: Iterable[DocumentLike], queries: Iterable[TrainingPair] | None = None) -> Self:
-        """Index ``documents`` and train adapter + head (from scratch).
+        """Index ``documents`` and train adapter + head from scratch.
 
         Works with no labelled queries: spans of the documents serve as training queries.
         ``queries`` are optional ``(query_text, doc_id)`` pairs; they also seed their document's
         starting row (``TrainConfig.query_prototype_weight``), so without them an untrained
         retriever equals inner-product search.
         """
-        docs = coerce_documents(documents)
-        with self._lock:
-            torch.manual_seed(self.config.train.seed)
-            # Start from the identity adapter: before query prototypes, a fresh fit equals inner-product search.
-            encoder = SoftEncoder(self.model.encoder.model, self.config).to(self.device)
-            self.model = SoftcarModel(encoder).to(self.device)
-            self._documents = []
-            self._row_of = {}
-            self._feedback = []
-            self._append(docs)
-            pairs = self._resolve_pairs(queries)
-            self._feedback.extend(pairs)
-            self._add_query_prototypes(pairs)
-            examples = self._pseudo_examples(range(len(docs)), self.config.train.seed) + pairs * self.config.train.labelled_repeats
-            logger.info("fitting on %d documents, %d labelled pairs, %d examples", len(docs), len(pairs), len(examples))
-            train_classifier(
-                self.model, examples, self.tokenize, self.config.train,
-                epochs=self.config.train.epochs, device=self.device, description="fit",
-            )
-        return self
+        return super().fit(documents, queries)
 
-    def _add_query_prototypes(self, pairs: list[tuple[str, int]]) -> None:
+    def _fit(self, docs: list[Document], queries: Iterable[TrainingPair] | None) -> None:
+        cfg = self.config.train
+        torch.manual_seed(cfg.seed)
+        # Start from the identity adapter: before query prototypes, a fresh fit equals inner-product search.
+        self.model = SoftcarModel(SoftEncoder(self.model.encoder.model, self.config)).to(self.device)
+        self._feedback = []
+        self._add_rows(docs)
+        pairs = self._rows(queries)
+        self._feedback.extend(pairs)
+        self._add_query_prototypes(pairs)
+        examples = span_examples(self._documents, range(len(docs)), cfg, cfg.seed) + pairs * cfg.labelled_repeats
+        logger.info("fitting on %d documents, %d labelled pairs, %d examples", len(docs), len(pairs), len(examples))
+        self._train(examples, cfg.epochs, "fit")
+
+    def _add_query_prototypes(self, pairs: list[Example]) -> None:
         """Move each document's initial row toward its labelled queries' frozen embeddings.
 
         A row becomes ``normalize(doc + w * sum(query))``: known questions are then found even
@@ -259,195 +261,120 @@ class ClassifierRetriever:
         rows.index_add_(0, torch.tensor([row for _, row in pairs], device=rows.device), weight * vectors.to(rows))
         self.model.head.weight.data.copy_(F.normalize(rows, dim=1))
 
-    def _append(self, docs: list[Document]) -> None:
+    def _add_rows(self, docs: list[Document]) -> None:
         rows = self._embed([d.text for d in docs], self.config.max_document_length, "encoding documents")
         if self.model.head.num_documents:
             # Trained rows grow in norm; match it so new documents compete on equal terms.
             rows = rows * self.model.head.weight.detach().norm(dim=1).mean()
         self.model.head.append_rows(rows)
-        for doc in docs:
-            self._row_of[doc.id] = len(self._documents)
-            self._documents.append(doc)
+        self._store(docs)
 
-    def add_documents(self, documents: Iterable[DocumentLike]) -> list[str]:
-        """Add documents without retraining: each gets a head row from its current embedding.
+    def _add(self, docs: list[Document]) -> None:
+        """New documents get a head row from their current embedding: retrievable at once.
 
-        They are retrievable at once; ``TrainConfig.new_document_epochs`` > 0 adds a short
-        training pass on their pseudo-queries (with replay of the old ones).
+        ``TrainConfig.new_document_epochs`` > 0 adds a short training pass on their
+        pseudo-queries (with replay of the old ones).
         """
-        with self._lock:
-            docs = coerce_documents(documents, self._row_of, start_index=len(self._documents))
-            start = len(self._documents)
-            self._append(docs)
-            cfg = self.config.train
-            if cfg.new_document_epochs:
-                new = self._pseudo_examples(range(start, len(self._documents)), cfg.seed + start)
-                train_classifier(
-                    self.model, new + self._replay(len(new)), self.tokenize, cfg,
-                    epochs=cfg.new_document_epochs, device=self.device, description="add_documents",
-                )
-            return [d.id for d in docs]
-
-    def _replay(self, count: int) -> list[tuple[str, int]]:
-        """Old examples to mix into incremental training: earlier feedback first, then spans."""
-        rng = random.Random(self.config.train.seed + len(self._feedback))
-        feedback = rng.sample(self._feedback, min(count, len(self._feedback)))
-        spans = self._pseudo_examples(range(len(self._documents)), rng.randrange(1 << 30))
-        return feedback + rng.sample(spans, min(max(count - len(feedback), count // 2), len(spans)))
+        start = len(self._documents)
+        self._add_rows(docs)
+        cfg = self.config.train
+        if cfg.new_document_epochs:
+            new = span_examples(self._documents, range(start, len(self._documents)), cfg, cfg.seed + start)
+            replay = replay_examples(self._documents, self._feedback, len(new), cfg, cfg.seed + len(self._feedback))
+            self._train(new + replay, cfg.new_document_epochs, "add_documents")
 
     def update(self, queries: Iterable[TrainingPair], *, epochs: int | None = None) -> list[float]:
         """Online fine-tuning from feedback ``(query_text, doc_id)`` pairs.
 
         Mixes in replayed pseudo-queries and earlier feedback (``update_replay`` per pair) so
-        the rest of the corpus is not forgotten. Returns the loss per epoch.
+        the rest of the corpus is not forgotten. ``epochs`` defaults to
+        ``TrainConfig.update_epochs``; ``epochs=0`` only records the feedback. Returns the loss
+        per epoch.
         """
         with self._lock:
             require_fitted(self._documents, "ClassifierRetriever")
-            pairs = self._resolve_pairs(queries)
+            pairs = self._rows(queries)
             if not pairs:
                 return []
             cfg = self.config.train
-            examples = pairs * cfg.labelled_repeats + self._replay(max(len(pairs) * cfg.update_replay, cfg.batch_size))
+            count = max(len(pairs) * cfg.update_replay, cfg.batch_size)
+            replay = replay_examples(self._documents, self._feedback, count, cfg, cfg.seed + len(self._feedback))
             self._feedback.extend(pairs)
-            return train_classifier(
-                self.model, examples, self.tokenize, cfg,
-                epochs=epochs or cfg.update_epochs, device=self.device, description="update",
-            )
+            epochs = cfg.update_epochs if epochs is None else epochs
+            return self._train(pairs * cfg.labelled_repeats + replay, epochs, "update").epoch_losses
 
     # ------------------------------------------------------------------ retrieval
-    def retrieve(self, query: str, k: int = 4) -> list[ScoredDocument]:
-        """Top-``k`` documents for ``query`` (``k`` above the corpus size returns all)."""
-        validate_query(query)
-        return self.retrieve_batch([query], k)[0]
-
-    def retrieve_batch(self, queries: Sequence[str], k: int = 4) -> list[list[ScoredDocument]]:
-        """Top-``k`` documents for each query, embedded in batches."""
-        queries = validate_queries(queries)
-        k = validate_k(k)
-        with self._lock:
-            require_fitted(self._documents, "ClassifierRetriever")
-            if not queries:
-                return []
-            with torch.no_grad():
-                vectors = self._embed(queries, self.config.max_query_length)
-                scores = self.model.head(vectors)
-                top = torch.topk(scores, min(k, len(self._documents)), dim=1)
-            docs = self._documents
-            return [
-                [ScoredDocument(document=docs[i], score=float(s)) for s, i in zip(row_s.tolist(), row_i.tolist())]
-                for row_s, row_i in zip(top.values.cpu(), top.indices.cpu())
-            ]
+    def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            scores = self.model.head(self._embed(queries, self.config.max_query_length))
+            top = torch.topk(scores, k, dim=1)
+        return top.values.cpu(), top.indices.cpu()
 
     # ------------------------------------------------------------------ trainable state
     def trainable_state_dict(self, parts: Sequence[str] = ("adapter", "head")) -> dict[str, torch.Tensor]:
         """Copies of the trainable tensors: keys ``adapter.<name>`` and ``head.weight``."""
-        unknown = set(parts) - {"adapter", "head"}
-        if unknown:
-            raise ValueError(f"unknown parts {sorted(unknown)}; expected 'adapter' and/or 'head'")
         with self._lock:
-            state: dict[str, torch.Tensor] = {}
-            if "adapter" in parts:
-                for name, tensor in self.model.adapter.state_dict().items():
-                    state[f"adapter.{name}"] = tensor.detach().cpu().clone()
-            if "head" in parts:
-                state["head.weight"] = self.model.head.weight.detach().cpu().clone()
-            return state
+            return {n: p.detach().cpu().clone() for n, p in self.model.trainable_parameters(parts).items()}
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-        """Load adapter and/or head tensors, checking keys, shapes and finiteness first."""
+        """Load adapter and/or head tensors, checking keys, shapes and finiteness first.
+
+        With ``strict``, a part that appears at all must be complete (every adapter tensor).
+        """
         with self._lock:
-            expected = self.trainable_state_dict()
-            unknown = set(state) - set(expected)
+            named = self.model.trainable_parameters()
+            unknown = set(state) - set(named)
             if unknown:
                 raise CheckpointError(f"unexpected trainable tensors: {sorted(unknown)}")
             if strict:
-                missing = {k for k in expected if k.split(".")[0] in {s.split(".")[0] for s in state}} - set(state)
+                given_parts = {key.split(".")[0] for key in state}
+                missing = {key for key in named if key.split(".")[0] in given_parts} - set(state)
                 if missing:
                     raise CheckpointError(f"missing trainable tensors: {sorted(missing)}")
             for key, tensor in state.items():
                 if not isinstance(tensor, torch.Tensor):
                     raise CheckpointError(f"{key}: expected a tensor, got {type(tensor).__name__}")
-                if tuple(tensor.shape) != tuple(expected[key].shape):
-                    raise CheckpointError(
-                        f"{key}: shape {tuple(tensor.shape)} does not match {tuple(expected[key].shape)}"
-                    )
+                if tuple(tensor.shape) != tuple(named[key].shape):
+                    raise CheckpointError(f"{key}: shape {tuple(tensor.shape)} does not match {tuple(named[key].shape)}")
                 if not torch.isfinite(tensor).all():
                     raise CheckpointError(f"{key}: contains NaN or Inf")
             with torch.no_grad():
-                adapter_state = {k[len("adapter."):]: v for k, v in state.items() if k.startswith("adapter.")}
-                if adapter_state:
-                    current = self.model.adapter.state_dict()
-                    current.update(adapter_state)
-                    self.model.adapter.load_state_dict(current)
-                if "head.weight" in state:
-                    self.model.head.weight.copy_(state["head.weight"].to(self.model.head.weight))
+                for key, tensor in state.items():
+                    named[key].copy_(tensor.to(named[key]))
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write a safetensors + JSON checkpoint atomically (the old one survives a crash)."""
-        with self._lock:
-            require_fitted(self._documents, "ClassifierRetriever")
-            with atomic_directory(path) as tmp:
-                write_tensors(tmp / "weights.safetensors", self.trainable_state_dict())
-                write_documents(tmp / "documents.jsonl", self._documents)
-                write_manifest(
-                    tmp,
-                    KIND,
-                    {
-                        "config": self.config.model_dump(mode="json"),
-                        "encoder": {"name": self.config.encoder, "fingerprint": self.encoder_fingerprint},
-                        "num_documents": len(self._documents),
-                    },
-                )
-        logger.info("saved %d-document retriever to %s", len(self._documents), path)
+    def _save_state(self, folder: Path) -> dict[str, Any]:
+        write_tensors(folder / WEIGHTS_FILE, self.trainable_state_dict())
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "encoder": {"name": self.config.encoder, "fingerprint": self.encoder_fingerprint},
+        }
 
     @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        encoder: str | os.PathLike[str] | None = None,
-        *,
-        device: str | None = None,
-        show_progress: bool | None = None,
-    ) -> Self:
-        """Load a checkpoint; ``encoder`` overrides where the base SLM is loaded from.
-
-        Raises ``EncoderMismatchError`` when that encoder's weights differ from the ones the
-        checkpoint was trained on, and ``CorruptCheckpointError`` / ``CheckpointNotFoundError``
-        for damaged or missing files.
-        """
-        manifest = read_manifest(path, KIND)
+    def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
         try:
             config = RetrieverConfig.model_validate(manifest["config"])
-            expected_fingerprint = manifest["encoder"]["fingerprint"]
-            num_documents = int(manifest["num_documents"])
+            expected = str(manifest["encoder"]["fingerprint"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"{path}: manifest is missing or has invalid fields: {exc}") from exc
+            raise CorruptCheckpointError(f"{folder}: manifest is missing or has invalid fields: {exc}") from exc
         overrides: dict[str, Any] = {}
-        if encoder is not None:
-            overrides["encoder"] = os.fspath(encoder)
-        train_overrides = {k: v for k, v in {"device": device, "show_progress": show_progress}.items() if v is not None}
-        if train_overrides:
-            overrides["train"] = config.train.model_copy(update=train_overrides)
-        config = config.model_copy(update=overrides)
-        self = cls.from_config(config)
-        if self.encoder_fingerprint != expected_fingerprint:
-            raise EncoderMismatchError(
-                f"checkpoint {str(path)!r} was trained on a different base encoder than {config.encoder!r} "
-                f"(weights fingerprint {self.encoder_fingerprint[:12]}… != {expected_fingerprint[:12]}…)"
-            )
-        folder = Path(path)
-        documents = read_documents(folder / "documents.jsonl")
-        tensors = read_tensors(folder / "weights.safetensors")
-        if len(documents) != num_documents or "head.weight" not in tensors or tensors["head.weight"].shape[0] != num_documents:
-            raise CorruptCheckpointError(f"{path}: documents and head rows disagree ({len(documents)} vs {num_documents})")
-        with self._lock:
-            self.model.head.append_rows(torch.zeros(num_documents, self.model.encoder.dim))
-            for doc in documents:
-                self._row_of[doc.id] = len(self._documents)
-                self._documents.append(doc)
-            try:
-                self.load_trainable_state_dict(tensors)
-            except CheckpointError as exc:
-                raise CorruptCheckpointError(f"{path}: {exc}") from exc
+        if "encoder" in options:
+            overrides["encoder"] = os.fspath(options["encoder"])
+        train = {k: options[k] for k in ("device", "show_progress") if k in options}
+        if train:
+            overrides["train"] = config.train.model_copy(update=train)
+        self = cls.from_config(config.model_copy(update=overrides))
+        self._fingerprint = check_fingerprint(folder, self.model.encoder.model, expected, self.config.encoder)
         return self
+
+    def _load_state(self, folder: Path, manifest: dict[str, Any]) -> None:
+        tensors = read_tensors(folder / WEIGHTS_FILE)
+        head = tensors.get("head.weight")
+        if head is None or head.shape[0] != len(self._documents):
+            rows = None if head is None else head.shape[0]
+            raise CorruptCheckpointError(f"{folder}: {len(self._documents)} documents but {rows} head rows")
+        self.model.head.append_rows(torch.zeros(len(self._documents), self.model.encoder.dim))
+        try:
+            self.load_trainable_state_dict(tensors)
+        except CheckpointError as exc:
+            raise CorruptCheckpointError(f"{folder}: {exc}") from exc
