@@ -16,7 +16,8 @@ from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_doc
 from softcar.encoder import default_encoder_path
 from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
 from softcar.interface import Retriever
-from softcar.persistence import write_json
+from softcar.persistence import jsonable, write_json
+from softcar.report import format_table
 from softcar.retriever import ClassifierRetriever, TrainingSetup
 from softcar.trainer import ProgressBar, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.losses import ClassificationLoss
@@ -50,6 +51,8 @@ __all__ = [
     "coerce_documents",
     "default_encoder_path",
     "evaluate",
+    "format_table",
+    "jsonable",
     "load_beir",
     "load_jsonl_documents",
     "load_retriever",
