@@ -18,9 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from softcar_federated import dp, task
-from softcar_federated.launcher import LocalRunSpec, centralized_setup, run_local
-from softcar_federated.roundlog import _jsonable
+from softcar import ClassifierRetriever, Trainer, TrainerCallback, write_json
+from softcar_federated import partitions
+from softcar_federated.local_experiment import (
+    LocalRunSpec,
+    centralized_config,
+    centralized_retriever,
+    run_local,
+)
+from softcar_federated.local_training import DPParams, train_round
+from softcar_federated.privacy import planned_noise
 
 GRIDS = {
     # (clients, iid, epsilon)
@@ -32,27 +39,51 @@ GRIDS = {
 }
 
 
+class EpochQuality(TrainerCallback):
+    """Held-out quality after every epoch, with the training time so far (evaluation excluded)."""
+
+    def __init__(self, retriever: ClassifierRetriever, heldout: list) -> None:
+        self.retriever, self.heldout = retriever, heldout
+        self.curve = [{"epoch": 0, "elapsed_s": 0.0, **_pick(partitions.quality(retriever, heldout))}]
+        self.train_s = 0.0
+        self._since = 0.0
+
+    def on_train_begin(self, trainer: Trainer, total_steps: int) -> None:
+        self._since = time.perf_counter()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, mean_loss: float) -> None:
+        self.train_s += time.perf_counter() - self._since
+        scores = partitions.quality(self.retriever, self.heldout)
+        self.curve.append({"epoch": epoch + 1, "elapsed_s": round(self.train_s, 2), **_pick(scores)})
+        self._since = time.perf_counter()
+
+
 def centralized_curve(spec: LocalRunSpec, epsilon: float) -> dict:
-    """Centralised training, evaluated after every epoch (same examples and budget as FL)."""
+    """Centralised training on the pooled data, evaluated after every epoch (the clients'
+    settings and epoch budget): ``ClassifierRetriever.fit`` without DP, the same set-up under
+    DP-SGD otherwise."""
     started = time.perf_counter()
-    split, retriever, examples, epochs = centralized_setup(spec)
-    sigma, _, _ = dp.planned_noise(epsilon, 1e-5, len(examples), spec.batch_size, 1, epochs)
+    split = partitions.load_split(spec.dataset)
+    config = centralized_config(spec)
+    retriever = centralized_retriever(spec)
+    retriever.config.train = config.model_copy(update={"epochs": 0})
+    retriever.fit(split.corpus)  # untrained (inner-product search): the clients' starting point
+    examples = partitions.local_examples(retriever, None, split.feedback)
     setup_s = time.perf_counter() - started
-    curve = [{"epoch": 0, "elapsed_s": 0.0, **_pick(task.quality(retriever, split.heldout))}]
-    ledger = dp.PrivacyLedger()
-    train_s = 0.0
-    for epoch in range(1, epochs + 1):
-        settings = dp.DPSettings(epochs=1, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-                                 head_learning_rate=spec.head_learning_rate,
-                                 logit_scale=retriever.config.train.logit_scale, max_length=spec.max_query_length,
-                                 noise_multiplier=sigma, max_grad_norm=spec.max_grad_norm,
-                                 seed=None if sigma is not None else epoch)
-        t = time.perf_counter()
-        _, ledger = dp.train_round(retriever.model, examples, retriever.tokenize, settings, ledger)
-        train_s += time.perf_counter() - t
-        curve.append({"epoch": epoch, "elapsed_s": round(train_s, 2), **_pick(task.quality(retriever, split.heldout))})
-    return {"kind": "centralized", "epsilon": ledger.epsilon(1e-5) if sigma is not None else math.inf,
-            "target_epsilon": epsilon, "curve": curve, "setup_s": round(setup_s, 2), "examples": len(examples)}
+    observer = EpochQuality(retriever, split.heldout)
+    if math.isinf(epsilon):
+        retriever.config.train = config
+        retriever.callbacks.append(observer)
+        retriever.fit(split.corpus, queries=split.feedback)  # from scratch, observed per epoch
+        spent = math.inf
+    else:
+        sigma, _, _ = planned_noise(epsilon, 1e-5, math.ceil(len(examples) / config.batch_size), config.epochs, 1)
+        assert sigma is not None
+        _, ledger = train_round(retriever, examples, config, epochs=config.epochs,
+                                dp=DPParams(sigma, spec.max_grad_norm), callbacks=[observer])
+        spent = ledger.epsilon(1e-5)
+    return {"kind": "centralized", "epsilon": spent, "target_epsilon": epsilon, "curve": observer.curve,
+            "setup_s": round(setup_s, 2), "examples": len(examples)}
 
 
 def _pick(scores: dict) -> dict:
@@ -145,7 +176,7 @@ def report(results: list[dict], args: argparse.Namespace, total_s: float | None,
     payload = {"args": vars(args), "target_R@1": target, "alt_target_R@1": args.alt_target,
                "centralized_final_R@1": central_final, "rows": rows, "runs": results, "total_s": total_s}
     if out is not None:
-        out.write_text(json.dumps(_jsonable(payload), indent=2))
+        write_json(out, payload)
     print(f"| setup | ε target | ε spent | R@1 start | R@1 final | MRR@10 final | ΔR@1 vs central | time to R@1≥{target:.3f} (s) | speed-up | time to R@1≥{args.alt_target:.2f} (s) | speed-up | run wall (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -13,15 +13,13 @@ from typing import Optional
 
 import typer
 
-from softcar_federated.roundlog import _jsonable
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 def _default_dataset() -> str:
     """The packaged chatterbot_qa set, else the Python-FAQ set in ``shared/`` beside the repo."""
     try:
-        from softcar.data import packaged_dataset_path
+        from softcar import packaged_dataset_path
 
         return str(packaged_dataset_path("chatterbot_qa"))
     except Exception:  # noqa: BLE001 - the packaged set may not be there yet
@@ -52,7 +50,10 @@ def local(
     verbose: bool = typer.Option(False, "-v", help="Log progress to stderr."),
 ) -> None:
     """Real flower-superlink + N flower-supernodes on 127.0.0.1; last line: a JSON summary."""
-    from softcar_federated.launcher import LocalRunSpec, run_local
+    # Imported here, not at the top: torch/transformers/flwr take seconds and `--help` should not.
+    from softcar import jsonable
+
+    from softcar_federated.local_experiment import LocalRunSpec, run_local
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     spec = LocalRunSpec(
@@ -70,7 +71,7 @@ def local(
                    f"ε={summary['epsilon']}  δ={summary['delta']}", err=True)
         typer.echo(f"initial {summary['initial']}  final {summary['final']}  "
                    f"centralized {summary.get('centralized', {}).get('final')}", err=True)
-    typer.echo(json.dumps(_jsonable(summary)))
+    typer.echo(json.dumps(jsonable(summary)))
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """The Flower ClientApp: local DP-SGD fine-tuning of a deployment's softcar retriever.
 
 Per training message: load the deployment's retriever (its federated copy if it has trained
-before), load the global tensors, train adapter + head with Opacus DP-SGD on local examples,
+before), load the global tensors, train adapter + head with the core trainer (under Opacus DP-SGD) on local examples,
 and reply with only the shared tensors plus metrics, including the *cumulative* (ε, δ).
 """
 
@@ -16,9 +16,11 @@ from flwr.clientapp import ClientApp
 
 from softcar.errors import CheckpointError
 
-from softcar_federated import dp, task
+from softcar_federated import partitions
 from softcar_federated.config import FedConfig, NodeConfig
 from softcar_federated.deployment import LocalDeployment
+from softcar_federated.local_training import DPParams, train_round
+from softcar_federated.privacy import PrivacyLedger, planned_noise, would_exceed
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def _load_global(deployment: LocalDeployment, arrays: ArrayRecord, config: Confi
     """Put the global tensors into the local retriever, with a clear error if they do not fit."""
     expected = config.get("doc-ids-sha256")
     if expected and "head.weight" in arrays.keys():
-        mine = task.doc_ids_digest(deployment.retriever.documents)
+        mine = partitions.doc_ids_digest(deployment.retriever.documents)
         if mine != expected:
             raise CheckpointError(
                 "mode 'adapter+head' needs every deployment to share one document-id space, but this "
@@ -41,16 +43,16 @@ def _load_global(deployment: LocalDeployment, arrays: ArrayRecord, config: Confi
     deployment.retriever.load_trainable_state_dict(state, strict=True)
 
 
-def _ledger(context: Context, deployment: LocalDeployment) -> dp.PrivacyLedger:
+def _ledger(context: Context, deployment: LocalDeployment) -> PrivacyLedger:
     """The cumulative ledger: from the ClientApp's persistent state, or from disk after a restart."""
-    disk = dp.PrivacyLedger.load(deployment.ledger_path)
+    disk = PrivacyLedger.load(deployment.ledger_path)
     if LEDGER_STATE_KEY in context.state.config_records:
-        state = dp.PrivacyLedger.from_flat(dict(context.state.config_records[LEDGER_STATE_KEY]))
+        state = PrivacyLedger.from_flat(dict(context.state.config_records[LEDGER_STATE_KEY]))
         return state.merged(disk)
     return disk
 
 
-def _store_ledger(context: Context, deployment: LocalDeployment, ledger: dp.PrivacyLedger) -> None:
+def _store_ledger(context: Context, deployment: LocalDeployment, ledger: PrivacyLedger) -> None:
     ledger.save(deployment.ledger_path)
     context.state.config_records[LEDGER_STATE_KEY] = ConfigRecord(ledger.to_flat())  # type: ignore[arg-type]
 
@@ -86,45 +88,35 @@ def train(msg: Message, context: Context) -> Message:
     delta = config.target_delta
     metrics: dict[str, float | int] = {"num-examples": len(examples), "unit-weight": 1.0, "delta": delta}
 
-    sigma: float | None = None
+    train_config = config.train_config(seed=config.seed + server_round)
+    dp: DPParams | None = None
     if config.client_dp_enabled:
-        planned_sigma, rate, steps = dp.planned_noise(
-            config.target_epsilon, delta, len(examples), config.batch_size, config.local_epochs, config.num_server_rounds
+        batches = math.ceil(len(examples) / train_config.batch_size)  # the training loader's length
+        planned_sigma, rate, steps = planned_noise(
+            config.target_epsilon, delta, batches, config.local_epochs, config.num_server_rounds
         )
         sigma = config.noise_multiplier or planned_sigma
-        if dp.would_exceed(ledger, sigma, rate, steps, delta, config.target_epsilon):
+        assert sigma is not None
+        if would_exceed(ledger, sigma, rate, steps, delta, config.target_epsilon):
             logger.info("privacy budget ε=%.3g spent: abstaining from round %d", config.target_epsilon, server_round)
             metrics.update({"abstained": 1, "epsilon": ledger.epsilon(delta), "train-loss": 0.0,
                             "noise-multiplier": sigma, "steps": 0})
             reply = RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord(metrics)})
             return Message(reply, reply_to=msg)
+        dp = DPParams(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm)
 
     proximal_mu = float(round_config.get("proximal-mu", 0.0))
-    anchor = None
-    if proximal_mu > 0:
-        anchor = {k: v.clone() for k, v in deployment.retriever.model.state_dict().items()
-                  if k.startswith("encoder.adapter.") or k == "head.weight"}
-    settings = dp.DPSettings(
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        head_learning_rate=config.head_learning_rate,
-        logit_scale=deployment.retriever.config.train.logit_scale,
-        max_length=config.max_query_length,
-        noise_multiplier=sigma,
-        max_grad_norm=config.max_grad_norm,
-        train_head=True,
-        seed=None if sigma is not None else config.seed + server_round,
-    )
-    result, ledger = dp.train_round(
-        deployment.retriever.model, examples, deployment.retriever.tokenize, settings, ledger,
-        proximal=anchor, proximal_mu=proximal_mu,
+    # The global tensors this round starts from: FedProx pulls local training toward them.
+    reference = deployment.retriever.trainable_state_dict() if proximal_mu > 0 else None
+    result, ledger = train_round(
+        deployment.retriever, examples, train_config, epochs=config.local_epochs, dp=dp, ledger=ledger,
+        proximal=reference, proximal_mu=proximal_mu,
     )
     _store_ledger(context, deployment, ledger)
     deployment.save_copy()
-    epsilon = ledger.epsilon(delta) if sigma is not None else math.inf
+    epsilon = ledger.epsilon(delta) if dp is not None else math.inf
     metrics.update({"abstained": 0, "train-loss": result.loss, "epsilon": epsilon,
-                    "noise-multiplier": sigma if sigma is not None else 0.0, "steps": result.steps})
+                    "noise-multiplier": dp.noise_multiplier if dp is not None else 0.0, "steps": result.steps})
     shared = deployment.retriever.trainable_state_dict(parts=config.shared_parts)
     if node.poison:
         shared = _poison(shared, node.poison)
@@ -140,7 +132,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_node_config(context.node_config)
     deployment = LocalDeployment.open(config, node, context.run_id)
     _load_global(deployment, msg.content["arrays"], msg.content["config"])
-    scores = task.quality(deployment.retriever, deployment.heldout)
+    scores = partitions.quality(deployment.retriever, deployment.heldout)
     metrics: dict[str, float | int] = {k: float(v) for k, v in scores.items()}
     metrics["num-examples"] = len(deployment.heldout)
     metrics["unit-weight"] = 1.0

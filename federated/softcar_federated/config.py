@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from softcar import TrainConfig
 
 Mode = Literal["adapter", "adapter+head"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
@@ -80,6 +81,19 @@ class FedConfig(BaseModel):
     def client_dp_enabled(self) -> bool:
         """DP-SGD runs when client DP is on and the budget is finite."""
         return self.dp == "client" and not math.isinf(self.target_epsilon)
+
+    def train_config(self, seed: int | None = None) -> TrainConfig:
+        """The core ``TrainConfig`` of local training: the same trainer and defaults as ``fit``,
+        with this run's batch size, learning rates and pseudo-queries."""
+        return TrainConfig(
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            head_learning_rate=self.head_learning_rate,
+            pseudo_queries_per_document=self.pseudo_queries_per_document,
+            seed=self.seed if seed is None else seed,
+            show_progress=False,
+        )
 
     @property
     def shared_parts(self) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from softcar import ClassifierRetriever
 
-from softcar_federated import task
+from softcar_federated import partitions
 from softcar_federated.config import FedConfig, NodeConfig
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,11 @@ def default_output_dir(config: FedConfig, run_id: int | str) -> Path:
 
 
 @lru_cache(maxsize=4)
-def _cached_split(path: str, heldout_fraction: float, seed: int) -> task.SplitDataset:
-    return task.load_split(path, heldout_fraction, seed)
+def _cached_split(path: str, heldout_fraction: float, seed: int) -> partitions.SplitDataset:
+    return partitions.load_split(path, heldout_fraction, seed)
 
 
-def dataset_split(config: FedConfig) -> task.SplitDataset:
+def dataset_split(config: FedConfig) -> partitions.SplitDataset:
     if not config.dataset:
         raise ValueError("run config 'dataset' is empty: partition mode needs a BEIR folder")
     return _cached_split(str(Path(config.dataset).expanduser().resolve()), config.heldout_fraction, config.seed)
@@ -46,8 +46,8 @@ class LocalDeployment:
 
     retriever: ClassifierRetriever
     own_doc_ids: list[str] | None
-    feedback: list[task.Pair]
-    heldout: list[task.Pair]
+    feedback: list[partitions.Pair]
+    heldout: list[partitions.Pair]
     work_dir: Path
 
     @property
@@ -59,7 +59,7 @@ class LocalDeployment:
         return self.work_dir / "privacy-ledger.json"
 
     def examples(self) -> list[tuple[str, int]]:
-        return task.local_examples(self.retriever, self.own_doc_ids, self.feedback)
+        return partitions.local_examples(self.retriever, self.own_doc_ids, self.feedback)
 
     def save_copy(self) -> None:
         self.retriever.save(self.copy_dir)
@@ -71,15 +71,15 @@ class LocalDeployment:
             checkpoint = Path(node.checkpoint).expanduser().resolve()
             key = hashlib.sha256(str(checkpoint).encode()).hexdigest()[:16]
             work_dir = Path(node.work_dir) if node.work_dir else Path(tempfile.gettempdir()) / "softcar-federated" / f"node-{key}"
-            feedback = task.read_pairs(node.feedback) if node.feedback else []
-            heldout = task.read_pairs(node.heldout) if node.heldout else []
+            feedback = partitions.read_pairs(node.feedback) if node.feedback else []
+            heldout = partitions.read_pairs(node.heldout) if node.heldout else []
             own: list[str] | None = None
             base_path: Path | None = checkpoint
             documents = None
         else:
             assert node.partition_id is not None and node.num_partitions is not None
             split = dataset_split(config)
-            part = task.partition(split, node.num_partitions, config.iid, config.seed)[node.partition_id]
+            part = partitions.partition(split, node.num_partitions, config.iid, config.seed)[node.partition_id]
             out = default_output_dir(config, run_id)
             work_dir = Path(node.work_dir) if node.work_dir else out / f"node-{node.partition_id}"
             feedback, heldout = part.feedback, part.heldout
@@ -98,7 +98,7 @@ class LocalDeployment:
         elif base_path is not None:
             retriever = ClassifierRetriever.load(base_path, show_progress=False)
         else:
-            retriever = task.build_retriever(
+            retriever = partitions.build_retriever(
                 documents or [],
                 config.encoder,
                 config.adapter,

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from softcar import ClassifierRetriever
 
-from softcar_federated.local import ManagedProcess, _bin, config_string, free_port
+from softcar_federated.supervisor import ManagedProcess, config_string, flower_executable, free_port
 
 
 class FederationConfig(BaseModel):
@@ -76,7 +76,7 @@ def supernode_command(config: FederationConfig) -> list[str]:
         node_config["feedback"] = str(Path(config.feedback).resolve())
     if config.heldout:
         node_config["heldout"] = str(Path(config.heldout).resolve())
-    command = [_bin("flower-supernode"), "--superlink", config.superlink, "--host", "127.0.0.1",
+    command = [flower_executable("flower-supernode"), "--superlink", config.superlink, "--host", "127.0.0.1",
                "--port", str(config.runtime_port or free_port()), "--node-config", config_string(node_config)]
     if config.insecure:
         command.append("--insecure")

@@ -1,30 +1,12 @@
-"""The server's round log (JSON) and its plot (PNG): quality and ε per round."""
+"""The plot of the server's round log (PNG): quality and ε per round (the log is JSON, written
+with ``softcar.write_json``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (a reader never sees half a log); inf is written as the string "inf"."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def plot_rounds(rounds: list[dict], path: Path) -> None:

@@ -17,13 +17,12 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from softcar import ClassifierRetriever, Document
-from softcar.persistence import write_tensors
+from softcar import ClassifierRetriever, Document, atomic_directory, write_json, write_tensors
 
-from softcar_federated import task
+from softcar_federated import partitions
 from softcar_federated.config import FedConfig
 from softcar_federated.deployment import dataset_split, default_output_dir
-from softcar_federated.roundlog import plot_rounds, write_json
+from softcar_federated.roundlog import plot_rounds
 from softcar_federated.strategy import GuardedStrategy, build_strategy, central_epsilon
 from softcar_federated.validation import spec_of
 
@@ -40,7 +39,7 @@ class GlobalModel:
         self.output_dir = output_dir
         self.split = dataset_split(config) if config.dataset else None
         documents = self.split.corpus if self.split else [Document(id="placeholder", text="shape reference only")]
-        self.retriever: ClassifierRetriever = task.build_retriever(
+        self.retriever: ClassifierRetriever = partitions.build_retriever(
             documents, config.encoder, config.adapter,
             max_query_length=config.max_query_length, pseudo_queries=config.pseudo_queries_per_document, seed=config.seed,
         )
@@ -53,7 +52,7 @@ class GlobalModel:
     def train_config(self) -> ConfigRecord:
         record = ConfigRecord()
         if self.config.mode == "adapter+head":
-            record["doc-ids-sha256"] = task.doc_ids_digest(self.retriever.documents)
+            record["doc-ids-sha256"] = partitions.doc_ids_digest(self.retriever.documents)
         return record
 
     def load(self, arrays: ArrayRecord) -> None:
@@ -70,10 +69,10 @@ class GlobalModel:
         if self.split is not None:
             self.retriever.save(round_dir)
             self.retriever.save(self.output_dir / "global" / "latest")
-            return task.quality(self.retriever, self.split.heldout)
+            return partitions.quality(self.retriever, self.split.heldout)
         # No corpus on the server: keep the adapter tensors alone (still safetensors, still atomic).
-        round_dir.mkdir(parents=True, exist_ok=True)
-        write_tensors(round_dir / "adapter.safetensors", self.retriever.trainable_state_dict(parts=("adapter",)))
+        with atomic_directory(round_dir) as tmp:
+            write_tensors(tmp / "adapter.safetensors", self.retriever.trainable_state_dict(parts=("adapter",)))
         return None
 
 

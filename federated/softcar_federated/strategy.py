@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from softcar_federated.config import FedConfig
+from softcar_federated.privacy import epsilon_of
 from softcar_federated.validation import MalformedUpdateError, Spec, is_abstention, validate_reply
 
 logger = logging.getLogger(__name__)
@@ -148,8 +149,6 @@ def build_strategy(config: FedConfig, spec: Spec) -> GuardedStrategy:
 def central_epsilon(config: FedConfig, releases: int) -> float:
     """ε of the central-DP releases so far (user-level, no sampling amplification), computed
     by Opacus' RDP accountant with sample rate 1: one Gaussian release per round."""
-    from softcar_federated.dp import epsilon_of
-
     if config.dp != "server" or releases == 0:
         return 0.0
     if config.central_noise_multiplier <= 0:

@@ -64,7 +64,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory):
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from softcar_federated.local import TLSFiles
+    from softcar_federated.supervisor import TLSFiles
 
     folder = tmp_path_factory.mktemp("tls")
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -8,7 +8,8 @@ import math
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
-from softcar_federated import client_app, dp, task
+from softcar_federated import client_app, partitions
+from softcar_federated.privacy import PrivacyLedger
 from softcar_federated.config import FedConfig, NodeConfig
 
 
@@ -25,8 +26,8 @@ def setup(tiny_encoder, tiny_dataset, tmp_path):
                   "num-server-rounds": 2, "batch-size": 8, "max-query-length": 16, "target-epsilon": 4.0,
                   "pseudo-queries-per-document": 2}
     config = FedConfig.from_run_config(run_config)
-    split = task.load_split(tiny_dataset)
-    server = task.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    split = partitions.load_split(tiny_dataset)
+    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
     arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
     context = Context(run_id=7, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
                       state=RecordDict(), run_config=run_config)
@@ -44,8 +45,8 @@ def test_ledger_accumulates_in_context_state_and_on_disk(setup):
         eps.append(metrics["epsilon"])
     assert 0 < eps[0] < eps[1] <= config.target_epsilon + 1e-6
     flat = dict(context.state.config_records[client_app.LEDGER_STATE_KEY])
-    assert dp.PrivacyLedger.from_flat(flat).epsilon(config.target_delta) == pytest.approx(eps[1])
-    assert dp.PrivacyLedger.load(tmp_path / "node-0" / "privacy-ledger.json").epsilon(config.target_delta) == pytest.approx(eps[1])
+    assert PrivacyLedger.from_flat(flat).epsilon(config.target_delta) == pytest.approx(eps[1])
+    assert PrivacyLedger.load(tmp_path / "node-0" / "privacy-ledger.json").epsilon(config.target_delta) == pytest.approx(eps[1])
     # A third round would exceed the budget planned for two: the client abstains, ε unchanged.
     reply = client_app.train(_message(arrays, 3), context)
     assert reply.content["metrics"]["abstained"] == 1
@@ -69,13 +70,13 @@ def test_evaluate_reports_heldout_quality(setup):
 
 
 def test_partitions_cover_documents_once(tiny_dataset):
-    split = task.load_split(tiny_dataset)
+    split = partitions.load_split(tiny_dataset)
     for iid in (True, False):
-        parts = task.partition(split, 2, iid=iid)
+        parts = partitions.partition(split, 2, iid=iid)
         ids = [d for p in parts for d in p.doc_ids]
         assert sorted(ids) == sorted(d.id for d in split.corpus)
-    topics = [{task.topic_of(next(d for d in split.corpus if d.id == i)) for i in p.doc_ids}
-              for p in task.partition(split, 3, iid=False)]
+    topics = [{partitions.topic_of(next(d for d in split.corpus if d.id == i)) for i in p.doc_ids}
+              for p in partitions.partition(split, 3, iid=False)]
     assert all(len(t) == 1 for t in topics)  # non-IID: one topic per deployment
 
 
@@ -93,5 +94,24 @@ def test_train_and_test_splits_are_used_as_given(tmp_path):
     folder = _write_beir(tmp_path / "two-splits", docs_per_topic=2)
     test = (folder / "qrels" / "test.tsv").read_text().splitlines()
     (folder / "qrels" / "train.tsv").write_text("\n".join(test[:4]) + "\n")
-    split = task.load_split(folder)
+    split = partitions.load_split(folder)
     assert len(split.feedback) == 3 and len(split.heldout) == len(test) - 1
+
+
+def test_local_examples_reads_own_ids_once(tiny_encoder, tiny_dataset):
+    """Regression: ``set(own_doc_ids)`` was rebuilt for every document (quadratic in the corpus)."""
+    split = partitions.load_split(tiny_dataset)
+    retriever = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16, pseudo_queries=1)
+    own = [d.id for d in split.corpus[::2]]
+
+    class CountingIds:
+        iterations = 0
+
+        def __iter__(self):
+            CountingIds.iterations += 1
+            return iter(own)
+
+    examples = partitions.local_examples(retriever, CountingIds(), split.feedback)
+    assert CountingIds.iterations == 1
+    rows = {retriever.documents[row].id for _, row in examples}
+    assert rows == set(own)

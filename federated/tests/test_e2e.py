@@ -14,7 +14,7 @@ import pytest
 
 from softcar import ClassifierRetriever
 
-from softcar_federated.local import LocalFederation, _alive, read_rounds, wait_for
+from softcar_federated.supervisor import LocalFederation, is_alive, read_rounds, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def _processes_in(folder: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if (cwd.startswith(str(folder)) or str(folder) in cmd) and _alive(int(entry.name)):
+        if (cwd.startswith(str(folder)) or str(folder) in cmd) and is_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -99,7 +99,7 @@ def test_tls_auth_and_poisoned_update(tiny_encoder, tiny_dataset, tmp_path, tls_
     assert len(last["rejected"]) == 1 and "NaN" in last["rejected"][0]["reason"]
     assert last["rejected"][0]["key"].startswith("adapter.")
     time.sleep(1.0)
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if is_alive(p)] == []
 
 
 def test_unregistered_supernode_is_refused(tls_files, supernode_keys, tmp_path):
@@ -122,7 +122,7 @@ def test_unregistered_supernode_is_refused(tls_files, supernode_keys, tmp_path):
         assert fed.connected_nodes() == 1
         pids = fed.all_pids()
     time.sleep(1.0)
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if is_alive(p)] == []
 
 
 def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, tiny_dataset, tmp_path):
@@ -130,13 +130,13 @@ def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, t
     trains a round, leaves; its checkpoint is byte-for-byte unchanged."""
     import hashlib
 
-    from softcar_federated import task
+    from softcar_federated import partitions
     from softcar_federated.optin import FederationConfig, federated_retriever, join
 
-    split = task.load_split(tiny_dataset)
+    split = partitions.load_split(tiny_dataset)
     checkpoint = tmp_path / "deployment" / "retriever"
-    task.build_retriever(split.corpus, tiny_encoder, max_query_length=16).save(checkpoint)
-    task.write_pairs(tmp_path / "feedback.jsonl", split.feedback)
+    partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16).save(checkpoint)
+    partitions.write_pairs(tmp_path / "feedback.jsonl", split.feedback)
     digest = lambda: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(checkpoint.iterdir())}  # noqa: E731
     before = digest()
     output = tmp_path / "out"
@@ -153,7 +153,7 @@ def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, t
             wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
         finally:
             membership.leave()
-        assert not _alive(membership.process.process.pid)
+        assert not is_alive(membership.process.process.pid)
     rounds = read_rounds(output)
     assert len(rounds[-1]["accepted"]) == 1
     assert digest() == before  # leaving the federation leaves the local retriever untouched

@@ -16,11 +16,12 @@ from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_doc
 from softcar.encoder import default_encoder_path
 from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
 from softcar.interface import Retriever
-from softcar.persistence import jsonable, write_json
+from softcar.persistence import atomic_directory, jsonable, write_json, write_tensors
 from softcar.report import format_table
 from softcar.retriever import ClassifierRetriever, TrainingSetup
-from softcar.trainer import ProgressBar, StepTimer, Trainer, TrainerCallback, TrainResult
+from softcar.trainer import ProgressBar, Regularizer, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.losses import ClassificationLoss
+from softcar.model import ClassifierHead, SoftcarModel
 from softcar.regularizers import HeadAnchor, ProximalTerm
 from softcar.validation import TrainingPair, normalize_pairs, validate_k, validate_queries, validate_query
 from softcar.version import __version__
@@ -28,9 +29,11 @@ from softcar.version import __version__
 __all__ = [
     "BM25Retriever",
     "ClassificationLoss",
+    "ClassifierHead",
     "HeadAnchor",
     "ProgressBar",
     "ProximalTerm",
+    "Regularizer",
     "StepTimer",
     "TrainResult",
     "Trainer",
@@ -45,9 +48,11 @@ __all__ = [
     "Retriever",
     "RetrieverConfig",
     "ScoredDocument",
+    "SoftcarModel",
     "TrainConfig",
     "TrainingPair",
     "__version__",
+    "atomic_directory",
     "coerce_documents",
     "default_encoder_path",
     "evaluate",
@@ -66,4 +71,5 @@ __all__ = [
     "validate_queries",
     "validate_query",
     "write_json",
+    "write_tensors",
 ]

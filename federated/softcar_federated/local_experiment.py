@@ -1,4 +1,4 @@
-"""``softcar-fed local``: a real SuperLink + N SuperNodes on loopback, the app run on a real corpus
+"""The ``softcar-fed local`` experiment: a real SuperLink + N SuperNodes on loopback, the app run on a real corpus
 split across them, an optional SuperNode crash, and a comparison with centralised training."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from softcar import ClassifierRetriever
+from softcar import ClassifierRetriever, TrainConfig
 
-from softcar_federated import dp, task
-from softcar_federated.local import LaunchError, LocalFederation, read_rounds, wait_for
+from softcar_federated import partitions
+from softcar_federated.local_training import DPParams, train_round
+from softcar_federated.privacy import planned_noise
+from softcar_federated.supervisor import LaunchError, LocalFederation, read_rounds, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -79,37 +81,60 @@ def _pick(scores: dict | None) -> dict[str, float] | None:
     return None if scores is None else {k: float(scores[k]) for k in KEY_METRICS if k in scores}
 
 
-def centralized_setup(spec: LocalRunSpec) -> tuple[task.SplitDataset, ClassifierRetriever, list, int]:
-    """All deployments' data in one place: the split, an untrained retriever over the whole
-    corpus, its training examples, and the epoch budget FL gets (``rounds × local_epochs``)."""
-    split = task.load_split(spec.dataset)
-    retriever = task.build_retriever(split.corpus, spec.encoder, max_query_length=spec.max_query_length,
-                                     pseudo_queries=spec.pseudo_queries_per_document)
-    examples = task.local_examples(retriever, None, split.feedback)
-    return split, retriever, examples, spec.rounds * spec.local_epochs
+def centralized_config(spec: LocalRunSpec) -> TrainConfig:
+    """The clients' training settings, for ``rounds × local_epochs`` epochs in one place.
+
+    Query prototypes are off: federated clients train rows by gradient only (seeding rows from
+    raw questions would bypass DP), so the baseline does the same.
+    """
+    return TrainConfig(
+        epochs=spec.rounds * spec.local_epochs,
+        batch_size=spec.batch_size,
+        learning_rate=spec.learning_rate,
+        head_learning_rate=spec.head_learning_rate,
+        pseudo_queries_per_document=spec.pseudo_queries_per_document,
+        query_prototype_weight=0.0,
+        show_progress=False,
+    )
+
+
+def centralized_retriever(spec: LocalRunSpec) -> ClassifierRetriever:
+    """An unfitted retriever like the clients' (same encoder, adapter, query length)."""
+    return ClassifierRetriever(
+        spec.encoder or None, config=centralized_config(spec), max_query_length=spec.max_query_length
+    )
 
 
 def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[str, Any]:
-    """The same retriever and training budget without federation: all deployments' data in one
-    place, ``rounds × local_epochs`` epochs, DP-SGD only when ``epsilon`` is finite."""
+    """All deployments' data in one place: ``ClassifierRetriever.fit`` on the pooled documents
+    and feedback with the clients' settings. With a finite ``epsilon``, the same training under
+    DP-SGD (the pooled data through :func:`~softcar_federated.local_training.train_round`)."""
     started = time.perf_counter()
-    split, retriever, examples, epochs = centralized_setup(spec)
-    sigma, _, _ = dp.planned_noise(epsilon, 1e-5, len(examples), spec.batch_size, epochs, 1)
-    settings = dp.DPSettings(
-        epochs=epochs, batch_size=spec.batch_size, learning_rate=spec.learning_rate,
-        head_learning_rate=spec.head_learning_rate, logit_scale=retriever.config.train.logit_scale,
-        max_length=spec.max_query_length, noise_multiplier=sigma, max_grad_norm=spec.max_grad_norm,
-        seed=None if sigma is not None else 0,
-    )
-    initial = task.quality(retriever, split.heldout)
-    _, ledger = dp.train_round(retriever.model, examples, retriever.tokenize, settings, dp.PrivacyLedger())
-    final = task.quality(retriever, split.heldout)
+    split = partitions.load_split(spec.dataset)
+    retriever = centralized_retriever(spec)
+    config = centralized_config(spec)
+    initial = None
+    spent = math.inf
+    if math.isinf(epsilon):
+        retriever.fit(split.corpus, queries=split.feedback)
+        examples = len(retriever.training_examples(split.feedback))
+    else:
+        retriever.fit(split.corpus)  # untrained: inner-product search, like the clients' start
+        initial = partitions.quality(retriever, split.heldout)
+        pooled = partitions.local_examples(retriever, None, split.feedback)
+        batches = math.ceil(len(pooled) / config.batch_size)
+        sigma, _, _ = planned_noise(epsilon, 1e-5, batches, config.epochs, 1)
+        assert sigma is not None
+        _, ledger = train_round(retriever, pooled, config, epochs=config.epochs,
+                                dp=DPParams(sigma, spec.max_grad_norm))
+        spent, examples = ledger.epsilon(1e-5), len(pooled)
+    final = partitions.quality(retriever, split.heldout)
     return {
         "initial": _pick(initial),
         "final": _pick(final),
-        "epsilon": ledger.epsilon(1e-5) if sigma is not None else math.inf,
-        "examples": len(examples),
-        "epochs": epochs,
+        "epsilon": spent,
+        "examples": examples,
+        "epochs": config.epochs,
         "wall_s": round(time.perf_counter() - started, 2),
     }
 

@@ -1,4 +1,4 @@
-"""A real Flower deployment on 127.0.0.1: one ``flower-superlink``, N ``flower-supernode``s and
+"""Process supervision for a real Flower deployment on 127.0.0.1: one ``flower-superlink``, N ``flower-supernode``s and
 ``flwr run``, with fault injection (kill a SuperNode mid-round, restart it) and guaranteed
 clean-up of every process it started (and of their children, e.g. SuperExec and ClientApps).
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 logger = logging.getLogger(__name__)
 
 CONNECTION = "softcar-local"
@@ -43,7 +45,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _bin(name: str) -> str:
+def flower_executable(name: str) -> str:
     """Flower's console scripts next to this interpreter (the venv), else on PATH."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
@@ -66,38 +68,22 @@ def config_string(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={toml_value(v)}" for k, v in values.items())
 
 
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid`` (Linux /proc), to reap processes Flower detaches."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (psutil: Linux, macOS, Windows), to reap what Flower detaches."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def is_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
 
 
 @dataclass
@@ -118,7 +104,7 @@ class ManagedProcess:
 
     def refresh_descendants(self) -> None:
         if self.process.poll() is None:
-            self.descendants.update(_children(self.process.pid))
+            self.descendants.update(descendants(self.process.pid))
 
     def stop(self, kill: bool = False, grace: float = 10.0) -> None:
         """SIGTERM (or SIGKILL) the process group, wait, then reap detached descendants."""
@@ -134,9 +120,9 @@ class ManagedProcess:
             self.process.wait(timeout=grace)
         deadline = time.monotonic() + (0 if kill else grace)
         for pid in sorted(self.descendants):
-            while _alive(pid) and time.monotonic() < deadline:
+            while is_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if is_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
 
@@ -249,7 +235,7 @@ class LocalFederation:
     # ------------------------------------------------------------------ lifecycle
     def start_superlink(self) -> None:
         self._write_flwr_config()
-        command = [_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+        command = [flower_executable("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
                    "--disable-runtime-dependency-installation"]
         if self.tls is None:
             command.append("--insecure")
@@ -265,7 +251,7 @@ class LocalFederation:
     def register_node_key(self, index: int, private_key: Path, public_key: Path) -> None:
         """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
         result = subprocess.run(
-            [_bin("flwr"), "supernode", "register", str(public_key), CONNECTION],
+            [flower_executable("flwr"), "supernode", "register", str(public_key), CONNECTION],
             env=self.env(), cwd=self.work_dir, capture_output=True, text=True, timeout=60,
         )
         if result.returncode != 0:
@@ -276,7 +262,7 @@ class LocalFederation:
         """Start (or restart) SuperNode ``index``; a restart reuses its node config and work dir."""
         if node_config is not None:
             self.node_configs[index] = dict(node_config)
-        command = [_bin("flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
+        command = [flower_executable("flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
                    "--port", str(free_port()), "--node-config", config_string(self.node_configs[index])]
         if self.tls is None:
             command.append("--insecure")
@@ -296,7 +282,7 @@ class LocalFederation:
 
     def connected_nodes(self) -> int:
         """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
-        result = subprocess.run([_bin("flwr"), "supernode", "ls", CONNECTION, "--format", "json"],
+        result = subprocess.run([flower_executable("flwr"), "supernode", "ls", CONNECTION, "--format", "json"],
                                 env=self.env(), cwd=self.work_dir, capture_output=True, text=True, timeout=60)
         try:
             payload = json.loads(result.stdout)
@@ -307,7 +293,7 @@ class LocalFederation:
 
     def run(self, run_config: dict[str, Any]) -> ManagedProcess:
         """``flwr run <app> softcar-local --stream``: returns the (streaming) CLI process."""
-        command = [_bin("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
+        command = [flower_executable("flwr"), "run", str(self.app_dir), CONNECTION, "--stream"]
         if run_config:
             command += ["--run-config", config_string(run_config)]
         process = self._spawn("flwr-run", command)

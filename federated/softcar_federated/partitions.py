@@ -1,4 +1,5 @@
-"""Data and model plumbing: held-out split, IID / non-IID partitions, local retrievers, evaluation.
+"""How a dataset is divided into deployments: held-out split, IID / non-IID partitions, each
+deployment's untrained retriever and training examples, held-out quality, feedback files.
 
 A dataset (BEIR folder) stands for the union of many deployments. Its judged queries are split
 once into *feedback* (what users clicked, used for training) and *held-out* (only evaluated).
@@ -20,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from softcar import ClassifierRetriever, Document, TrainConfig
-from softcar.data import BeirDataset, load_beir
-from softcar.evaluation import evaluate
+from softcar import BeirDataset, ClassifierRetriever, Document, TrainConfig, evaluate, load_beir
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +165,8 @@ def local_examples(
     examples = retriever.training_examples(list(feedback))
     if own_doc_ids is None:
         return examples
-    ids = [d.id for d in retriever.documents]
-    own_rows = {i for i, doc_id in enumerate(ids) if doc_id in set(own_doc_ids)}
+    own = set(own_doc_ids)
+    own_rows = {row for row, doc in enumerate(retriever.documents) if doc.id in own}
     return [(text, row) for text, row in examples if row in own_rows]
 
 
