@@ -25,7 +25,7 @@ TOPICS = {
 }
 
 
-def _write_beir(folder: Path, docs_per_topic: int = 8, seed: int = 0) -> Path:
+def write_beir(folder: Path, docs_per_topic: int = 8, seed: int = 0) -> Path:
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "qrels").mkdir(exist_ok=True)
@@ -53,7 +53,7 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_beir(tmp_path_factory.mktemp("data") / "tiny-beir")
+    return write_beir(tmp_path_factory.mktemp("data") / "tiny-beir")
 
 
 @pytest.fixture(scope="session")

@@ -89,9 +89,9 @@ def test_config_errors_are_clear():
 
 
 def test_train_and_test_splits_are_used_as_given(tmp_path):
-    from conftest import _write_beir
+    from conftest import write_beir
 
-    folder = _write_beir(tmp_path / "two-splits", docs_per_topic=2)
+    folder = write_beir(tmp_path / "two-splits", docs_per_topic=2)
     test = (folder / "qrels" / "test.tsv").read_text().splitlines()
     (folder / "qrels" / "train.tsv").write_text("\n".join(test[:4]) + "\n")
     split = partitions.load_split(folder)
