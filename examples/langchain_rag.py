@@ -27,14 +27,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
-from softcar import TrainConfig
-from softcar.data import BeirDataset, load_beir, packaged_dataset_path
-from softcar.encoder import default_encoder_path
-from softcar.errors import DatasetError
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from langchain_softcar import ClassifierRetriever
+from softcar import BeirDataset, TrainConfig, default_encoder_path, load_beir, packaged_dataset_path
+from softcar.errors import DatasetError
 
 FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "python-faq"
 EVAL_K = 10  # hit rate@10 and MRR@10, as LlamaIndex's RetrieverEvaluator would at top_k=10

@@ -27,14 +27,12 @@ from llama_index.core.bridge.pydantic import PrivateAttr
 from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import TextNode
-from softcar import TrainConfig
-from softcar.data import BeirDataset, load_beir, packaged_dataset_path
-from softcar.encoder import default_encoder_path
-from softcar.errors import DatasetError
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from llama_index.retrievers.softcar import ClassifierRetriever, evaluate_retriever
+from softcar import BeirDataset, TrainConfig, default_encoder_path, load_beir, packaged_dataset_path
+from softcar.errors import DatasetError
 
 FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "python-faq"
 EVAL_K = 10

@@ -13,7 +13,6 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import softcar
 from langchain_core.callbacks import (
     AsyncCallbackManager,
     AsyncCallbackManagerForRetrieverRun,
@@ -25,8 +24,10 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import ensure_config, get_config_list
 from pydantic import ConfigDict, Field, field_validator
-from softcar.interface import validate_k, validate_query
 from typing_extensions import Self
+
+import softcar
+from softcar import validate_k, validate_query
 
 Feedback = Iterable[tuple[str, "str | Document"]]
 

@@ -14,10 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from llama_index.core.schema import TextNode  # noqa: E402
-from softcar import TrainConfig  # noqa: E402
-from softcar.testing import make_tiny_encoder  # noqa: E402
 
 from llama_index.retrievers.softcar import ClassifierRetriever  # noqa: E402
+from softcar import TrainConfig  # noqa: E402
+from softcar.testing import make_tiny_encoder  # noqa: E402
 
 TEXTS = {
     "indent": "Python uses indentation for grouping statements. There are no begin and end brackets.",

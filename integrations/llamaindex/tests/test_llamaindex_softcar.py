@@ -18,11 +18,11 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from llama_index.retrievers.softcar import ClassifierRetriever, evaluate_retriever, training_pairs
 from softcar import BM25Retriever, TrainConfig
 from softcar import ClassifierRetriever as CoreRetriever
 from softcar.errors import EmptyQueryError, InvalidKError, UnknownDocumentError
-
-from llama_index.retrievers.softcar import ClassifierRetriever, evaluate_retriever, training_pairs
 
 QUERY = "why can't my threads run Python code in parallel?"
 

@@ -10,10 +10,10 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel, P
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableParallel, RunnablePassthrough
-from softcar import ClassifierRetriever as CoreRetriever
-from softcar import TrainConfig
 
 from langchain_softcar import ClassifierRetriever
+from softcar import ClassifierRetriever as CoreRetriever
+from softcar import TrainConfig
 
 PROMPT = ChatPromptTemplate.from_messages(
     [("human", "Answer from the context.\nContext:\n{context}\n\nQuestion: {question}")]

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 from langchain_tests.integration_tests import RetrieversIntegrationTests
-from softcar import BM25Retriever
 
 from langchain_softcar import ClassifierRetriever
+from softcar import BM25Retriever
 
 
 class TestSoftcarStandard(RetrieversIntegrationTests):

@@ -13,11 +13,11 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ValidationError
+
+from langchain_softcar import ClassifierRetriever
 from softcar import BM25Retriever, InnerProductRetriever
 from softcar import ClassifierRetriever as CoreRetriever
 from softcar.errors import EmptyQueryError, InvalidKError, InvalidQueryError, UnknownDocumentError
-
-from langchain_softcar import ClassifierRetriever
 
 QUERY = "why can't my threads run Python code in parallel?"
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from llama_index.retrievers.softcar.base import ClassifierRetriever, training_pairs
+from llama_index.retrievers.softcar.base import ClassifierRetriever
+from llama_index.retrievers.softcar.dataset import finetune_dataset_parts, training_pairs
 from llama_index.retrievers.softcar.evaluation import aevaluate_retriever, evaluate_retriever
 
-__all__ = ["ClassifierRetriever", "aevaluate_retriever", "evaluate_retriever", "training_pairs"]
+__all__ = [
+    "ClassifierRetriever",
+    "aevaluate_retriever",
+    "evaluate_retriever",
+    "finetune_dataset_parts",
+    "training_pairs",
+]

@@ -9,13 +9,10 @@ can be wrapped as well.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-import softcar
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.ingestion import run_transformations
@@ -28,8 +25,11 @@ from llama_index.core.schema import (
     TextNode,
     TransformComponent,
 )
-from softcar.interface import validate_k
 from typing_extensions import Self
+
+import softcar
+from llama_index.retrievers.softcar.dataset import finetune_dataset_parts, is_finetune_dataset, training_pairs
+from softcar import validate_k
 
 FeedbackDoc = str | BaseNode | NodeWithScore
 
@@ -118,7 +118,7 @@ class ClassifierRetriever(BaseRetriever):
             retriever = softcar.ClassifierRetriever(**retriever_kwargs)
         elif retriever_kwargs:
             raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
-        pairs = training_pairs(queries) if _is_finetune_dataset(queries) else queries
+        pairs = training_pairs(queries) if is_finetune_dataset(queries) else queries
         retriever.fit(records, queries=pairs)
         return cls(retriever, similarity_top_k, callback_manager=callback_manager)
 
@@ -156,7 +156,7 @@ class ClassifierRetriever(BaseRetriever):
         pairs (``use_queries=False`` trains on the corpus alone, e.g. to evaluate on the queries).
         ``kwargs`` go to :meth:`from_nodes`.
         """
-        corpus, _, _ = _finetune_parts(dataset)
+        corpus, _, _ = finetune_dataset_parts(dataset)
         nodes = [TextNode(id_=str(doc_id), text=text) for doc_id, text in corpus.items()]
         return cls.from_nodes(nodes, similarity_top_k, queries=dataset if use_queries else None, **kwargs)
 
@@ -216,48 +216,6 @@ class ClassifierRetriever(BaseRetriever):
 
     async def aretrieve_batch(self, queries: Sequence[str]) -> list[list[NodeWithScore]]:
         return await asyncio.to_thread(self.retrieve_batch, queries)
-
-
-# ---------------------------------------------------------------------- EmbeddingQAFinetuneDataset
-def _is_finetune_dataset(value: Any) -> bool:
-    if isinstance(value, (str, os.PathLike)):
-        return True
-    if isinstance(value, Mapping):
-        return {"queries", "corpus", "relevant_docs"} <= set(value)
-    return all(hasattr(value, name) for name in ("queries", "corpus", "relevant_docs"))
-
-
-def _finetune_parts(dataset: Any) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]]]:
-    """``(corpus, queries, relevant_docs)`` of an ``EmbeddingQAFinetuneDataset``-shaped input.
-
-    Accepts the LlamaIndex object itself (from ``llama_index.finetuning`` or older
-    ``llama_index.core.evaluation``) without importing it, a dict, or a path to its JSON.
-    """
-    if isinstance(dataset, (str, os.PathLike)):
-        try:
-            dataset = json.loads(Path(dataset).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read an EmbeddingQAFinetuneDataset JSON from {str(dataset)!r}: {exc}") from exc
-    if not _is_finetune_dataset(dataset):
-        raise TypeError("expected an EmbeddingQAFinetuneDataset (or a dict/JSON with queries, corpus, relevant_docs)")
-    get = dataset.get if isinstance(dataset, Mapping) else lambda name: getattr(dataset, name)
-    corpus, queries, relevant = get("corpus"), get("queries"), get("relevant_docs")
-    if not all(isinstance(part, Mapping) for part in (corpus, queries, relevant)):
-        raise TypeError("queries, corpus and relevant_docs must be mappings")
-    return (
-        {str(k): str(v) for k, v in corpus.items()},
-        {str(k): str(v) for k, v in queries.items()},
-        {str(k): [str(d) for d in v] for k, v in relevant.items()},
-    )
-
-
-def training_pairs(dataset: Any) -> list[tuple[str, str]]:
-    """``(question, doc id)`` pairs of an ``EmbeddingQAFinetuneDataset`` (object, dict or JSON path)."""
-    _, queries, relevant = _finetune_parts(dataset)
-    missing = [q for q in relevant if q not in queries]
-    if missing:
-        raise ValueError(f"relevant_docs names unknown query id {missing[0]!r}")
-    return [(queries[q], doc_id) for q, doc_ids in relevant.items() for doc_id in doc_ids]
 
 
 def _feedback_pairs(feedback: Iterable[tuple[str, FeedbackDoc]]) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.evaluation import RetrieverEvaluator
 from llama_index.core.evaluation.retrieval.base import RetrievalEvalResult
 
-from llama_index.retrievers.softcar.base import _finetune_parts
+from llama_index.retrievers.softcar.dataset import finetune_dataset_parts
 
 
 async def aevaluate_retriever(
@@ -28,7 +28,7 @@ async def aevaluate_retriever(
     ``dataset``: an ``EmbeddingQAFinetuneDataset`` (object, dict or JSON path). The retriever's
     ``similarity_top_k`` is the cut-off (hit rate@k, MRR@k).
     """
-    _, queries, relevant = _finetune_parts(dataset)
+    _, queries, relevant = finetune_dataset_parts(dataset)
     evaluator = RetrieverEvaluator.from_metric_names(list(metrics), retriever=retriever)
     semaphore = asyncio.Semaphore(workers)
 
