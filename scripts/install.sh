@@ -4,8 +4,10 @@
 #   bash scripts/install.sh          core + LangChain/LlamaIndex integrations (enough for `softcar demo`)
 #   bash scripts/install.sh --dev    also the federated Flower app, test tools and benchmark extras
 #
-# torch==2.13.0 (the CPU wheel on this machine's disk) goes in FIRST: any later requirement
-# on torch is then already satisfied, so pip never resolves a multi-GB CUDA build.
+# Every pip call uses scripts/constraints.txt: the packages declare version ranges, the
+# constraints file pins what this repository is tested with. torch==2.13.0 (the CPU wheel on
+# this machine's disk) goes in FIRST: any later requirement on torch is then already satisfied,
+# so pip never resolves a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,7 @@ dev=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -22,9 +24,9 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt)
 
-"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" torch  # the version comes from scripts/constraints.txt
 
 packages=(-e . -e integrations/langchain -e integrations/llamaindex)
 if [ "$dev" = 1 ]; then
@@ -40,8 +42,10 @@ fi
 
 # Fail here, not later, if anything pulled in another torch.
 .venv/bin/python - <<'PY'
+import re
 import torch
-assert torch.__version__.startswith("2.13.0"), f"unexpected torch {torch.__version__}"
+pinned = re.search(r"^torch==(\S+)", open("scripts/constraints.txt").read(), re.M).group(1)
+assert torch.__version__.split("+")[0] == pinned, f"unexpected torch {torch.__version__} (constraints: {pinned})"
 assert not torch.version.cuda, "a CUDA build of torch was installed"
 PY
 echo "softcar installed in .venv (torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'))"
