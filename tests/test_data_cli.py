@@ -123,3 +123,17 @@ def test_jsonl_invalid_utf8_on_first_line(tmp_path: Path) -> None:
     bad.write_bytes(b'{"id": "a", "text": "caf\xe9"}\n')
     with pytest.raises(DatasetError, match="line 1"):
         load_jsonl_documents(bad)
+
+
+def test_beir_duplicate_ids_error_or_keep_first(tmp_path: Path) -> None:
+    folder = tmp_path / "dup"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(
+        '{"_id": "a", "text": "first"}\n{"_id": "a", "text": "second"}\n{"_id": "b", "text": "bee"}\n'
+    )
+    (folder / "queries.jsonl").write_text('{"_id": "q", "text": "which"}\n')
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\ta\t1\n")
+    with pytest.raises(DuplicateDocumentIdError, match="'a'"):
+        load_beir(folder)
+    data = load_beir(folder, duplicate_ids="keep_first")
+    assert [(d.id, d.text) for d in data.corpus] == [("a", "first"), ("b", "bee")]

@@ -6,10 +6,14 @@ import csv
 import json
 import os
 from dataclasses import dataclass, field
+import logging
 from pathlib import Path
+from typing import Literal
 
 from softcar.documents import Document, coerce_documents
 from softcar.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]
 
@@ -79,16 +83,27 @@ def load_qrels(path: Path) -> Qrels:
     return qrels
 
 
-def load_beir(path: str | os.PathLike[str]) -> BeirDataset:
-    """Load a BEIR-format folder; every split under ``qrels/`` is read."""
+def load_beir(path: str | os.PathLike[str], *, duplicate_ids: Literal["error", "keep_first"] = "error") -> BeirDataset:
+    """Load a BEIR-format folder; every split under ``qrels/`` is read.
+
+    A corpus or query file that repeats an id is an error (``DuplicateDocumentIdError`` /
+    ``DatasetError``); ``duplicate_ids="keep_first"`` keeps the first occurrence of each id
+    instead and logs how many were dropped (real exports sometimes repeat one).
+    """
     folder = Path(path)
     if not folder.is_dir():
         raise DatasetError(f"{str(folder)!r} is not a folder")
-    corpus = coerce_documents(_read_jsonl(folder / "corpus.jsonl"))
-    queries = {}
-    for row in _read_jsonl(folder / "queries.jsonl"):
+    rows = _read_jsonl(folder / "corpus.jsonl")
+    query_rows = _read_jsonl(folder / "queries.jsonl")
+    if duplicate_ids == "keep_first":
+        rows, query_rows = _first_of_each_id(rows, "corpus"), _first_of_each_id(query_rows, "queries")
+    corpus = coerce_documents(rows)
+    queries: dict[str, str] = {}
+    for row in query_rows:
         if "_id" not in row or "text" not in row:
             raise DatasetError(f"{folder / 'queries.jsonl'}: every query needs '_id' and 'text'")
+        if str(row["_id"]) in queries:
+            raise DatasetError(f"{folder / 'queries.jsonl'}: duplicate query id {row['_id']!r}")
         queries[str(row["_id"])] = str(row["text"])
     qrels = {p.stem: load_qrels(p) for p in sorted((folder / "qrels").glob("*.tsv"))}
     known = {d.id for d in corpus}
@@ -98,6 +113,19 @@ def load_beir(path: str | os.PathLike[str]) -> BeirDataset:
             if unknown:
                 raise DatasetError(f"split {split!r}: query {qid!r} judges unknown document {sorted(unknown)[0]!r}")
     return BeirDataset(corpus=corpus, queries=queries, qrels=qrels)
+
+
+def _first_of_each_id(rows: list[dict], what: str) -> list[dict]:
+    seen: set[str] = set()
+    kept = []
+    for row in rows:
+        key = str(row.get("_id", row.get("id")))
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    if len(kept) < len(rows):
+        logger.warning("%s: dropped %d rows that repeat an earlier id", what, len(rows) - len(kept))
+    return kept
 
 
 def packaged_dataset_path(name: str = "chatterbot_qa") -> Path:
