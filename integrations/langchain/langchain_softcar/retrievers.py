@@ -1,9 +1,9 @@
 """LangChain retriever over any softcar retriever (a fitted ``softcar.ClassifierRetriever`` by default).
 
-The adapter is deliberately thin: it converts LangChain inputs to the core's
-``softcar.Retriever`` protocol and core results back to LangChain ``Document`` objects. Ranking,
-validation of queries and ``k``, training and persistence all live in the core, so the
-baselines (``softcar.InnerProductRetriever``, ``softcar.BM25Retriever``) can be wrapped too.
+The adapter is deliberately thin: it converts LangChain inputs to the core's ``softcar.Retriever``
+protocol and core results back to LangChain ``Document`` objects. Ranking, validation of queries,
+``k`` and feedback pairs, training and persistence all live in the core, so the baselines
+(``softcar.InnerProductRetriever``, ``softcar.BM25Retriever``) can be wrapped too.
 """
 
 from __future__ import annotations
@@ -13,34 +13,26 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from langchain_core.callbacks import (
-    AsyncCallbackManager,
-    AsyncCallbackManagerForRetrieverRun,
-    CallbackManager,
-    CallbackManagerForRetrieverRun,
-)
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
-from langchain_core.runnables.config import ensure_config, get_config_list
 from pydantic import ConfigDict, Field, field_validator
 from typing_extensions import Self
 
 import softcar
-from softcar import validate_k, validate_query
+from softcar.errors import InvalidTrainingPairError
 
 Feedback = Iterable[tuple[str, "str | Document"]]
-
-# Keyword arguments that ``BaseRetriever.invoke`` forwards but that carry no retrieval meaning.
-_IGNORED_KWARGS = frozenset({"verbose"})
+BatchHits = dict[str, list[softcar.ScoredDocument]]
 
 
 class ClassifierRetriever(BaseRetriever):
     """LangChain retriever backed by a softcar retriever.
 
-    Every call goes to ``retriever.retrieve`` / ``retriever.retrieve_batch``; each hit becomes a
-    ``Document`` whose ``id`` is the softcar document id and whose ``metadata`` is the document's
-    metadata plus ``"score"`` (higher is better).
+    Every call goes to ``retriever.retrieve`` (``batch``/``abatch``: one ``retrieve_batch``); each
+    hit becomes a ``Document`` whose ``id`` is the softcar document id and whose ``metadata`` is
+    the document's metadata plus ``"score"`` (higher is better).
 
     Example:
         .. code-block:: python
@@ -48,8 +40,8 @@ class ClassifierRetriever(BaseRetriever):
             from langchain_softcar import ClassifierRetriever
 
             lc = ClassifierRetriever.from_texts(["...", "..."], k=4)
-            docs = lc.invoke("question")       # or lc.invoke("question", k=2)
-            lc.update([("question", docs[0].id)])  # fine-tune from feedback
+            docs = lc.invoke("question")  # or lc.invoke("question", k=2)
+            lc.update([("question", docs[0])])  # fine-tune from feedback
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -65,9 +57,7 @@ class ClassifierRetriever(BaseRetriever):
     def _check_retriever(cls, value: Any) -> Any:
         # Fail at construction, not at the first query deep inside a chain.
         if not isinstance(value, softcar.Retriever):
-            raise ValueError(
-                f"retriever must implement softcar.Retriever (fit/retrieve/retrieve_batch/...), got {type(value).__name__}"
-            )
+            raise ValueError(f"retriever must implement softcar.Retriever, got {type(value).__name__}")
         if not value.documents:
             raise ValueError("retriever has no documents: fit it first, or use ClassifierRetriever.from_texts(...)")
         return value
@@ -80,40 +70,22 @@ class ClassifierRetriever(BaseRetriever):
         metadatas: Sequence[dict[str, Any]] | None = None,
         ids: Sequence[str] | None = None,
         k: int = 4,
-        *,
-        retriever: Any = None,
-        queries: Iterable[tuple[str, str]] | None = None,
-        **retriever_kwargs: Any,
+        **kwargs: Any,
     ) -> Self:
-        """Fit a softcar retriever on ``texts`` and wrap it.
-
-        Args:
-            texts: document texts; ``ids`` default to ``"0"``, ``"1"``, ...
-            metadatas: one metadata dict per text.
-            ids: one id per text (what ``Document.id`` and feedback refer to).
-            k: default number of results.
-            retriever: an unfitted softcar retriever to fit (e.g. ``softcar.BM25Retriever()``);
-                default: ``softcar.ClassifierRetriever(**retriever_kwargs)``.
-            queries: optional ``(question, doc_id)`` training pairs passed to ``fit``.
-            **retriever_kwargs: ``softcar.ClassifierRetriever`` arguments (``encoder``,
-                ``adapter``, ``pooling``, ``config=softcar.TrainConfig(...)``, ...).
-        """
+        """Fit on ``texts`` (ids default to ``"0"``, ``"1"``, ...); ``kwargs`` as in :meth:`from_documents`."""
         texts = list(texts)
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"got {len(metadatas)} metadatas for {len(texts)} texts")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"got {len(ids)} ids for {len(texts)} texts")
-        records = []
-        for i, text in enumerate(texts):
-            record: dict[str, Any] = {"text": text, "metadata": dict(metadatas[i]) if metadatas else {}}
-            record["id"] = str(ids[i]) if ids is not None else str(i)
-            records.append(record)
-        if retriever is None:
-            retriever = softcar.ClassifierRetriever(**retriever_kwargs)
-        elif retriever_kwargs:
-            raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
-        retriever.fit(records, queries=queries)
-        return cls(retriever=retriever, k=k)
+        for name, values in (("metadatas", metadatas), ("ids", ids)):
+            if values is not None and len(values) != len(texts):
+                raise ValueError(f"got {len(values)} {name} for {len(texts)} texts")
+        documents = [
+            Document(
+                page_content=text,
+                metadata=dict(metadatas[i]) if metadatas else {},
+                id=str(ids[i]) if ids is not None else str(i),
+            )
+            for i, text in enumerate(texts)
+        ]
+        return cls.from_documents(documents, k, **kwargs)
 
     @classmethod
     def from_documents(
@@ -125,18 +97,19 @@ class ClassifierRetriever(BaseRetriever):
         queries: Iterable[tuple[str, str]] | None = None,
         **retriever_kwargs: Any,
     ) -> Self:
-        """Fit on LangChain documents; ``Document.id`` becomes the softcar id (position if unset)."""
-        documents = list(documents)
-        ids = [doc.id if doc.id is not None else str(i) for i, doc in enumerate(documents)]
-        return cls.from_texts(
-            [doc.page_content for doc in documents],
-            metadatas=[dict(doc.metadata) for doc in documents],
-            ids=ids,
-            k=k,
-            retriever=retriever,
-            queries=queries,
-            **retriever_kwargs,
-        )
+        """Fit a softcar retriever on LangChain documents and wrap it.
+
+        ``Document.id`` becomes the softcar id (its position when unset). ``retriever``: an
+        unfitted softcar retriever to fit (e.g. ``softcar.BM25Retriever()``); default
+        ``softcar.ClassifierRetriever(**retriever_kwargs)`` (``encoder=``, ``adapter=``,
+        ``config=softcar.TrainConfig(...)``, ...). ``queries``: labelled ``(question, doc_id)`` pairs.
+        """
+        if retriever is None:
+            retriever = softcar.ClassifierRetriever(**retriever_kwargs)
+        elif retriever_kwargs:
+            raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
+        retriever.fit([_record(doc, str(i)) for i, doc in enumerate(documents)], queries=queries)
+        return cls(retriever=retriever, k=k)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str], k: int = 4, **load_kwargs: Any) -> Self:
@@ -150,114 +123,44 @@ class ClassifierRetriever(BaseRetriever):
 
     def add_documents(self, documents: Iterable[Document]) -> list[str]:
         """Add LangChain documents to the store (no retraining for softcar); returns their ids."""
-        records = []
-        for doc in documents:
-            record: dict[str, Any] = {"text": doc.page_content, "metadata": dict(doc.metadata)}
-            if doc.id is not None:
-                record["id"] = doc.id
-            records.append(record)
-        return self.retriever.add_documents(records)
+        return self.retriever.add_documents([_record(doc) for doc in documents])
 
     def update(self, feedback: Feedback, **kwargs: Any) -> Any:
-        """Fine-tune from ``(question, doc)`` feedback, e.g. the documents a chain's answer used.
+        """Fine-tune from ``(question, doc)`` feedback, ``doc`` a softcar id or a ``Document`` returned here.
 
-        ``doc`` is a softcar document id or a LangChain ``Document`` returned by this retriever.
-        Only retrievers that learn (``softcar.ClassifierRetriever``) support this; ``kwargs`` go
-        to their ``update`` (e.g. ``epochs=``). Returns what the core returns (losses per epoch).
+        Only retrievers that learn (``softcar.ClassifierRetriever``) support it; ``kwargs`` go to
+        their ``update`` (e.g. ``epochs=``). Returns what the core returns (losses per epoch).
         """
         if not callable(getattr(self.retriever, "update", None)):
             raise NotImplementedError(f"{type(self.retriever).__name__} does not learn from feedback")
-        return self.retriever.update(_feedback_pairs(feedback), **kwargs)
+        return self.retriever.update(softcar.normalize_pairs(feedback, doc_id=_document_id), **kwargs)
 
     async def aupdate(self, feedback: Feedback, **kwargs: Any) -> Any:
         """:meth:`update` in a worker thread, so the event loop keeps serving requests."""
-        pairs = _feedback_pairs(feedback)
+        pairs = softcar.normalize_pairs(feedback, doc_id=_document_id)
         return await asyncio.to_thread(self.update, pairs, **kwargs)
 
     # ------------------------------------------------------------------ retrieval
-    def _k(self, k: int | None, kwargs: dict[str, Any]) -> int:
-        unknown = set(kwargs) - _IGNORED_KWARGS
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
-        return validate_k(self.k if k is None else k)
-
-    def _to_documents(self, hits: Sequence[softcar.ScoredDocument]) -> list[Document]:
-        return [
-            Document(
-                id=hit.document.id,
-                page_content=hit.document.text,
-                metadata={**hit.document.metadata, "score": hit.score},
-            )
-            for hit in hits
-        ]
-
     def _get_relevant_documents(
         self,
         query: str,
         *,
         run_manager: CallbackManagerForRetrieverRun,
         k: int | None = None,
+        _batch_hits: BatchHits | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        return self._to_documents(self.retriever.retrieve(query, k=self._k(k, kwargs)))
+        k = self._k(k, kwargs)
+        if _batch_hits is not None and query in _batch_hits:
+            return _to_documents(_batch_hits[query])
+        return _to_documents(self.retriever.retrieve(query, k=k))
 
     async def _aget_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: AsyncCallbackManagerForRetrieverRun,
-        k: int | None = None,
-        **kwargs: Any,
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         # The core is blocking (torch); a worker thread keeps the event loop responsive.
-        hits = await asyncio.to_thread(self.retriever.retrieve, query, k=self._k(k, kwargs))
-        return self._to_documents(hits)
-
-    # ------------------------------------------------------------------ batching
-    def _run_info(self, query: Any, config: RunnableConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Arguments for ``on_retriever_start``, mirroring ``BaseRetriever.invoke``."""
-        return {
-            "configure": {
-                "inheritable_callbacks": config.get("callbacks"),
-                "local_callbacks": None,
-                "verbose": kwargs.get("verbose", False),
-                "inheritable_tags": config.get("tags"),
-                "local_tags": self.tags,
-                "inheritable_metadata": {**(config.get("metadata") or {}), **self._get_ls_params(**kwargs)},
-                "local_metadata": self.metadata,
-            },
-            "start": {
-                "serialized": None,
-                "query": query,
-                "name": config.get("run_name") or self.get_name(),
-                "run_id": config.get("run_id"),
-            },
-        }
-
-    def _split_valid(self, inputs: Sequence[Any]) -> tuple[list[int], dict[int, Exception]]:
-        """Indices of well-formed queries, and the core's error for each bad one."""
-        valid, errors = [], {}
-        for i, query in enumerate(inputs):
-            try:
-                validate_query(query)
-                valid.append(i)
-            except Exception as exc:  # noqa: BLE001 - reported per input below
-                errors[i] = exc
-        return valid, errors
-
-    def _outcomes(
-        self, inputs: Sequence[Any], valid: list[int], errors: dict[int, Exception], hits: Any
-    ) -> list[list[Document] | Exception]:
-        outcomes: list[list[Document] | Exception] = []
-        by_index = dict(zip(valid, hits)) if not isinstance(hits, Exception) else {}
-        for i in range(len(inputs)):
-            if i in errors:
-                outcomes.append(errors[i])
-            elif isinstance(hits, Exception):
-                outcomes.append(hits)
-            else:
-                outcomes.append(self._to_documents(by_index[i]))
-        return outcomes
+        sync_manager = run_manager.get_sync()
+        return await asyncio.to_thread(self._get_relevant_documents, query, run_manager=sync_manager, **kwargs)
 
     def batch(
         self,
@@ -267,36 +170,10 @@ class ClassifierRetriever(BaseRetriever):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """Answer all queries with one ``retrieve_batch`` call (queries are embedded together).
-
-        Callbacks still see one retriever run per input, as with ``invoke``.
-        """
-        if not inputs:
-            return []
-        configs = [ensure_config(c) for c in get_config_list(config, len(inputs))]
-        managers = []
-        for query, cfg in zip(inputs, configs):
-            info = self._run_info(query, cfg, kwargs)
-            managers.append(CallbackManager.configure(**info["configure"]).on_retriever_start(**info["start"]))
-        valid, errors = self._split_valid(inputs)
-        hits: Any = []
-        try:
-            k = self._k(kwargs.pop("k", None), kwargs)
-            if valid:
-                hits = self.retriever.retrieve_batch([inputs[i] for i in valid], k=k)
-        except Exception as exc:  # noqa: BLE001 - attributed to every well-formed input
-            hits = exc
-        outcomes = self._outcomes(inputs, valid, errors, hits)
-        for manager, outcome in zip(managers, outcomes):
-            if isinstance(outcome, Exception):
-                manager.on_retriever_error(outcome)
-            else:
-                manager.on_retriever_end(outcome)
-        if not return_exceptions:
-            for outcome in outcomes:
-                if isinstance(outcome, Exception):
-                    raise outcome
-        return outcomes
+        """Embed all queries together in one core ``retrieve_batch`` call, then run LangChain's
+        usual per-input ``invoke`` (one callback run per input) on those results."""
+        hits = self._hits_by_query(inputs, kwargs)
+        return super().batch(inputs, config, return_exceptions=return_exceptions, _batch_hits=hits, **kwargs)
 
     async def abatch(
         self,
@@ -306,48 +183,55 @@ class ClassifierRetriever(BaseRetriever):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        """Async :meth:`batch`: one ``retrieve_batch`` call in a worker thread."""
-        if not inputs:
-            return []
-        configs = [ensure_config(c) for c in get_config_list(config, len(inputs))]
-        managers = []
-        for query, cfg in zip(inputs, configs):
-            info = self._run_info(query, cfg, kwargs)
-            manager = AsyncCallbackManager.configure(**info["configure"])
-            managers.append(await manager.on_retriever_start(**info["start"]))
-        valid, errors = self._split_valid(inputs)
-        hits: Any = []
+        """:meth:`batch` with the core call in a worker thread."""
+        hits = await asyncio.to_thread(self._hits_by_query, inputs, kwargs)
+        return await super().abatch(inputs, config, return_exceptions=return_exceptions, _batch_hits=hits, **kwargs)
+
+    def _hits_by_query(self, inputs: Sequence[Any], kwargs: dict[str, Any]) -> BatchHits:
+        """Hits of the well-formed queries, by query, from one core ``retrieve_batch`` call.
+
+        Nothing is raised here: whatever fails (a bad query, ``k`` or keyword, or the core call
+        itself) is left to each input's own ``invoke``, which raises and reports it as usual.
+        """
+        queries: dict[str, None] = {}
+        for query in inputs:
+            try:
+                queries[softcar.validate_query(query)] = None
+            except (TypeError, ValueError):
+                continue
         try:
+            kwargs = dict(kwargs)
             k = self._k(kwargs.pop("k", None), kwargs)
-            if valid:
-                hits = await asyncio.to_thread(self.retriever.retrieve_batch, [inputs[i] for i in valid], k=k)
-        except Exception as exc:  # noqa: BLE001 - attributed to every well-formed input
-            hits = exc
-        outcomes = self._outcomes(inputs, valid, errors, hits)
-        for manager, outcome in zip(managers, outcomes):
-            if isinstance(outcome, Exception):
-                await manager.on_retriever_error(outcome)
-            else:
-                await manager.on_retriever_end(outcome)
-        if not return_exceptions:
-            for outcome in outcomes:
-                if isinstance(outcome, Exception):
-                    raise outcome
-        return outcomes
+            return dict(zip(queries, self.retriever.retrieve_batch(list(queries), k=k), strict=True)) if queries else {}
+        except Exception:  # noqa: BLE001 - re-raised per input by invoke
+            return {}
+
+    def _k(self, k: int | None, kwargs: dict[str, Any]) -> int:
+        unknown = set(kwargs) - {"verbose"}  # BaseRetriever.invoke forwards `verbose`; it means nothing here
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+        return softcar.validate_k(self.k if k is None else k)
 
 
-def _feedback_pairs(feedback: Feedback) -> list[tuple[str, str]]:
-    """``(question, doc id | Document)`` → ``(question, doc id)``; the core validates the rest."""
-    if isinstance(feedback, tuple) and len(feedback) == 2 and isinstance(feedback[0], str):
-        raise TypeError("feedback must be an iterable of (question, doc) pairs; wrap a single pair in a list")
-    pairs = []
-    for item in feedback:
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"feedback items must be (question, doc) pairs, got {item!r}")
-        question, doc = item
-        if isinstance(doc, Document):
-            if doc.id is None:
-                raise ValueError("feedback Document has no id; use documents returned by this retriever")
-            doc = doc.id
-        pairs.append((question, doc))
-    return pairs
+def _record(doc: Document, default_id: str | None = None) -> dict[str, Any]:
+    """A LangChain ``Document`` as a core document record (the core assigns an id if none)."""
+    doc_id = doc.id if doc.id is not None else default_id
+    return {"text": doc.page_content, "metadata": dict(doc.metadata), **({"id": doc_id} if doc_id is not None else {})}
+
+
+def _document_id(doc: Any) -> Any:
+    """The softcar id of a feedback ``Document``; other values go to the core's pair validation."""
+    if isinstance(doc, Document):
+        if doc.id is None:
+            raise InvalidTrainingPairError("feedback Document has no id; use documents returned by this retriever")
+        return doc.id
+    return doc
+
+
+def _to_documents(hits: Sequence[softcar.ScoredDocument]) -> list[Document]:
+    return [
+        Document(
+            id=hit.document.id, page_content=hit.document.text, metadata={**hit.document.metadata, "score": hit.score}
+        )
+        for hit in hits
+    ]

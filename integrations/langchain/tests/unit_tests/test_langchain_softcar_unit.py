@@ -17,7 +17,13 @@ from pydantic import ValidationError
 from langchain_softcar import ClassifierRetriever
 from softcar import BM25Retriever, InnerProductRetriever
 from softcar import ClassifierRetriever as CoreRetriever
-from softcar.errors import EmptyQueryError, InvalidKError, InvalidQueryError, UnknownDocumentError
+from softcar.errors import (
+    EmptyQueryError,
+    InvalidKError,
+    InvalidQueryError,
+    InvalidTrainingPairError,
+    UnknownDocumentError,
+)
 
 QUERY = "why can't my threads run Python code in parallel?"
 
@@ -148,14 +154,33 @@ def test_batch_reports_bad_inputs_per_item(shared_core: CoreRetriever) -> None:
     assert counter.ends == 1 and counter.errors == 1
     with pytest.raises(EmptyQueryError):
         lc.batch([QUERY, ""])
+    counter = RunCounter()
+    out = lc.batch([QUERY, QUERY], config={"callbacks": [counter]}, k=0, return_exceptions=True)
+    assert all(isinstance(o, InvalidKError) for o in out) and counter.errors == 2
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        lc.batch([QUERY], top_k=2)
+
+
+def test_batch_keeps_per_input_configs(shared_core: CoreRetriever) -> None:
+    lc = ClassifierRetriever(retriever=shared_core, k=2)
+    first, second = RunCounter(), RunCounter()
+    queries = [QUERY, "floating point decimal fractions"]
+    lc.batch(queries, config=[{"callbacks": [first]}, {"callbacks": [second]}])
+    assert first.starts == queries[:1] and second.starts == queries[1:]
+    assert first.ends == second.ends == 1
 
 
 async def test_abatch_and_ainvoke(shared_core: CoreRetriever) -> None:
     lc = ClassifierRetriever(retriever=shared_core, k=3)
     queries = [QUERY, "floating point decimal fractions"]
-    with mock.patch.object(shared_core, "retrieve_batch", wraps=shared_core.retrieve_batch) as batch:
-        results = await lc.abatch(queries, k=2)
+    counter = RunCounter()
+    with (
+        mock.patch.object(shared_core, "retrieve_batch", wraps=shared_core.retrieve_batch) as batch,
+        mock.patch.object(shared_core, "retrieve", side_effect=AssertionError("abatch must not loop over retrieve")),
+    ):
+        results = await lc.abatch(queries, config={"callbacks": [counter]}, k=2)
         assert batch.call_count == 1
+    assert counter.starts == queries and counter.ends == 2  # one traced run per input
     assert [ids(r) for r in results] == [ids(lc.invoke(q, k=2)) for q in queries]
     assert ids(await lc.ainvoke(QUERY)) == ids(lc.invoke(QUERY))
     out = await lc.abatch(["", QUERY], return_exceptions=True)
@@ -202,16 +227,36 @@ def test_update_from_feedback_changes_the_ranking(fresh_core: CoreRetriever) -> 
     losses = lc.update([(question, target_doc)] * 4, epochs=10)
     assert losses and all(loss == loss for loss in losses)
     assert lc.invoke(question)[0].id == target
-    with pytest.raises(TypeError, match="pairs"):
-        lc.update((question, target))  # a single pair, not wrapped in a list
     with pytest.raises(UnknownDocumentError):
         lc.update([(question, "no-such-doc")])
+
+
+def test_feedback_is_validated_by_the_core(fresh_core: CoreRetriever) -> None:
+    """softcar.normalize_pairs checks the pairs; a LangChain Document counts by its id."""
+    lc = ClassifierRetriever(retriever=fresh_core, k=1)
+    calls = []
+    with mock.patch.object(fresh_core, "update", side_effect=lambda pairs, **kw: calls.append(pairs)):
+        lc.update([("q1", "gil"), ["q2", Document(id="float", page_content="...")]], epochs=1)
+        lc.update(pair for pair in [("q3", "gil")])  # any iterable of pairs
+    assert calls == [[("q1", "gil"), ("q2", "float")], [("q3", "gil")]]
+    with pytest.raises(InvalidTrainingPairError, match="wrap a single pair"):
+        lc.update(("q", "gil"))  # a single pair, not wrapped in a list
+    with pytest.raises(InvalidTrainingPairError, match="no id"):
+        lc.update([("q", Document(page_content="returned by another retriever"))])
+    with pytest.raises(InvalidTrainingPairError):
+        lc.update([("q", 3)])
+    with pytest.raises(InvalidTrainingPairError):
+        lc.update([("q", "gil", "extra")])
+    with pytest.raises(EmptyQueryError):
+        lc.update([("  ", "gil")])
 
 
 async def test_aupdate_runs_off_the_loop(fresh_core: CoreRetriever) -> None:
     lc = ClassifierRetriever(retriever=fresh_core, k=1)
     losses = await lc.aupdate([("zebra carpentry", "gil")], epochs=1)
     assert len(losses) == 1
+    with pytest.raises(InvalidTrainingPairError):  # raised before the worker thread starts
+        await lc.aupdate(("zebra carpentry", "gil"))
 
 
 def test_add_documents_then_retrieve(fresh_core: CoreRetriever) -> None:
