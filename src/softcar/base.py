@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from typing_extensions import Self
 
+from softcar.config import RetrieverConfig
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.errors import CorruptCheckpointError
 from softcar.persistence import atomic_directory, read_documents, read_manifest, write_documents, write_manifest
@@ -181,6 +182,20 @@ class BaseRetriever(ABC):
     @abstractmethod
     def _load_state(self, folder: Path, manifest: dict[str, Any]) -> None:
         """Restore tensors / indexes for the documents already in the store."""
+
+
+def encoder_manifest(config: RetrieverConfig, fingerprint: str) -> dict[str, Any]:
+    """Manifest fields of a retriever built on a neural encoder: its config and the SHA-256 of
+    the base encoder's weights (checked on load)."""
+    return {"config": config.model_dump(mode="json"), "encoder": {"name": config.encoder, "fingerprint": fingerprint}}
+
+
+def parse_encoder_manifest(folder: Path, manifest: dict[str, Any]) -> tuple[RetrieverConfig, str]:
+    """``(config, encoder fingerprint)`` of an :func:`encoder_manifest`; bad fields are corruption."""
+    try:
+        return RetrieverConfig.model_validate(manifest["config"]), str(manifest["encoder"]["fingerprint"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{folder}: manifest is missing or has invalid fields: {exc}") from exc
 
 
 def retriever_kinds() -> dict[str, type[BaseRetriever]]:

@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 from typing_extensions import Self
 
-from softcar.base import BaseRetriever
+from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.config import DEFAULT_ENCODER, PoolingKind, RetrieverConfig
 from softcar.documents import Document
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
@@ -51,11 +51,8 @@ class InnerProductRetriever(BaseRetriever):
     ) -> None:
         self._init_store()
         self.config = RetrieverConfig(
-            encoder=DEFAULT_ENCODER if encoder is None else os.fspath(encoder),
-            encoder_kwargs=dict(encoder_kwargs or {}),
-            pooling=pooling,
-            max_query_length=max_query_length,
-            max_document_length=max_document_length,
+            encoder=encoder, encoder_kwargs=encoder_kwargs, pooling=pooling,
+            max_query_length=max_query_length, max_document_length=max_document_length,
         )
         self.batch_size = batch_size
         self.device = torch.device(device or "cpu")
@@ -103,18 +100,11 @@ class InnerProductRetriever(BaseRetriever):
 
     def _save_state(self, folder: Path) -> dict[str, Any]:
         write_tensors(folder / EMBEDDINGS_FILE, {"documents": self._matrix})
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "encoder": {"name": self.config.encoder, "fingerprint": encoder_fingerprint(self.encoder.model)},
-        }
+        return encoder_manifest(self.config, encoder_fingerprint(self.encoder.model))
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
-        try:
-            config = RetrieverConfig.model_validate(manifest["config"])
-            expected = str(manifest["encoder"]["fingerprint"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"{folder}: invalid manifest: {exc}") from exc
+        config, expected = parse_encoder_manifest(folder, manifest)
         encoder = options.get("encoder")
         self = cls(
             encoder if encoder is not None else config.encoder,

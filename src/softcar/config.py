@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator
 
 AdapterKind = Literal["linear", "mlp"]
 PoolingKind = Literal["auto", "mean", "last", "cls"]
@@ -20,75 +21,76 @@ class TrainConfig(BaseModel):
     pseudo-queries (spans of each document) plus any labelled pairs.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    epochs: int = Field(
-        4,
-        ge=0,
-        description=(
-            "Epochs of fit; 0 leaves the retriever equal to inner-product search "
-            "(rows moved toward their labelled queries, if any were given: query_prototype_weight)."
-        ),
-    )
+    epochs: int = Field(4, ge=0)
+    """Epochs of fit; 0 leaves the retriever equal to inner-product search (rows moved toward
+    their labelled queries, if any were given: query_prototype_weight)."""
     batch_size: PositiveInt = 32
-    learning_rate: float = Field(5e-5, gt=0, description="Adapter learning rate (AdamW).")
-    head_learning_rate: float = Field(5e-4, gt=0, description="Classifier-head learning rate.")
+    learning_rate: float = Field(5e-5, gt=0)
+    """Adapter learning rate (AdamW)."""
+    head_learning_rate: float = Field(5e-4, gt=0)
+    """Classifier-head learning rate."""
     weight_decay: float = Field(0.0, ge=0)
-    head_anchor: float = Field(
-        10.0,
-        ge=0,
-        description=(
-            "L2 pull of head rows toward where training started (document/prototype rows): "
-            "loss += head_anchor * mean_rows ||w - w0||^2."
-        ),
-    )
-    logit_scale: float = Field(
-        20.0, gt=0, description="Scores are inner products; cross-entropy uses scores * logit_scale."
-    )
-    pseudo_queries_per_document: int = Field(
-        4, ge=0, description="Spans drawn from each document's own text as unlabelled training queries."
-    )
+    head_anchor: float = Field(10.0, ge=0)
+    """L2 pull of head rows toward where training started (document/prototype rows):
+    ``head_anchor * mean_rows ||w - w0||²`` (a regulariser, applied after any DP privatisation)."""
+    logit_scale: float = Field(20.0, gt=0)
+    """Scores are inner products; cross-entropy uses ``scores * logit_scale``."""
+    pseudo_queries_per_document: int = Field(4, ge=0)
+    """Spans drawn from each document's own text as unlabelled training queries."""
     span_min_words: PositiveInt = 4
     span_max_words: PositiveInt = 16
-    include_document_text: bool = Field(True, description="Also train on each document's leading text.")
-    labelled_repeats: PositiveInt = Field(
-        2, description="How many times each labelled (query, doc) pair is seen per epoch."
-    )
-    query_prototype_weight: float = Field(
-        2.0,
-        ge=0,
-        description=(
-            "fit: each labelled query adds this times its frozen embedding to its document's initial "
-            "head row (a class prototype), so training starts from doc + known questions; 0 disables."
-        ),
-    )
+    include_document_text: bool = True
+    """Also train on each document's leading text."""
+    labelled_repeats: PositiveInt = 2
+    """How many times each labelled (query, doc) pair is seen per epoch."""
+    query_prototype_weight: float = Field(2.0, ge=0)
+    """fit: each labelled query adds this times its frozen embedding to its document's initial
+    head row (a class prototype), so training starts from doc + known questions; 0 disables."""
     train_adapter: bool = True
     train_head: bool = True
-    update_epochs: PositiveInt = Field(3, description="Epochs over new feedback in ``update``.")
-    update_replay: int = Field(
-        8, ge=0, description="Replayed old examples per feedback pair in ``update``, against forgetting."
-    )
-    new_document_epochs: int = Field(
-        0, ge=0, description="Optional short training after ``add_documents`` (0: head rows only)."
-    )
+    update_epochs: PositiveInt = 3
+    """Epochs over new feedback in ``update`` (``update(..., epochs=0)`` trains nothing)."""
+    update_replay: int = Field(8, ge=0)
+    """Replayed old examples per feedback pair in ``update``, against forgetting."""
+    new_document_epochs: int = Field(0, ge=0)
+    """Optional short training after ``add_documents`` (0: head rows only)."""
     encode_batch_size: PositiveInt = 64
     seed: int = 0
-    device: str | None = Field(None, description="torch device; None picks CUDA when available.")
+    device: str | None = None
+    """torch device; None picks CUDA when available."""
     show_progress: bool = True
 
 
 class RetrieverConfig(BaseModel):
     """What defines a retriever's architecture; stored in every checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     encoder: str = DEFAULT_ENCODER
-    encoder_kwargs: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="Extra from_pretrained kwargs, e.g. {'gguf_file': ...}."
-    )
+    """A local model folder or cached Hugging Face id; ``None`` / the sentinel: packaged MiniLM."""
+    encoder_kwargs: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """Extra ``from_pretrained`` kwargs, e.g. ``{'gguf_file': ...}``."""
     adapter: AdapterKind = "linear"
-    adapter_hidden: PositiveInt = Field(64, description="Bottleneck width of the 'mlp' adapter.")
+    adapter_hidden: PositiveInt = 64
+    """Bottleneck width of the 'mlp' adapter."""
     pooling: PoolingKind = "auto"
     max_query_length: PositiveInt = 64
     max_document_length: PositiveInt = 256
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("encoder", mode="before")
+    @classmethod
+    def _encoder_path(cls, value: object) -> object:
+        """``None`` means the packaged default; a ``Path`` is stored as its string."""
+        if value is None:
+            return DEFAULT_ENCODER
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("encoder_kwargs", "train", mode="before")
+    @classmethod
+    def _none_is_default(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return {} if info.field_name == "encoder_kwargs" else TrainConfig()
+        return value

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass, field
 import logging
@@ -12,6 +11,7 @@ from typing import Literal
 
 from softcar.documents import Document, coerce_documents
 from softcar.errors import DatasetError
+from softcar.persistence import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -42,29 +42,9 @@ class BeirDataset:
         return [(queries[q], d) for q, docs in qrels.items() for d, rel in docs.items() if rel > 0]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    line_no = 0
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError("not a JSON object")
-                    rows.append(row)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"{path} does not exist") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        # A decoding error surfaces while reading line ``line_no + 1``.
-        where = line_no + 1 if isinstance(exc, UnicodeDecodeError) else line_no
-        raise DatasetError(f"{path}: line {where} is not valid UTF-8 JSON: {exc}") from exc
-    return rows
-
-
 def load_jsonl_documents(path: str | os.PathLike[str]) -> list[Document]:
     """A JSONL corpus: one ``{"id"|"_id", "text", "title"?, "metadata"?}`` object per line."""
-    return coerce_documents(_read_jsonl(Path(path)))
+    return coerce_documents(read_jsonl(Path(path), DatasetError))
 
 
 def load_qrels(path: Path) -> Qrels:
@@ -93,8 +73,8 @@ def load_beir(path: str | os.PathLike[str], *, duplicate_ids: Literal["error", "
     folder = Path(path)
     if not folder.is_dir():
         raise DatasetError(f"{str(folder)!r} is not a folder")
-    rows = _read_jsonl(folder / "corpus.jsonl")
-    query_rows = _read_jsonl(folder / "queries.jsonl")
+    rows = read_jsonl(folder / "corpus.jsonl", DatasetError)
+    query_rows = read_jsonl(folder / "queries.jsonl", DatasetError)
     if duplicate_ids == "keep_first":
         rows, query_rows = _first_of_each_id(rows, "corpus"), _first_of_each_id(query_rows, "queries")
     corpus = coerce_documents(rows)

@@ -114,17 +114,39 @@ def write_documents(path: Path, documents: Sequence[Document]) -> None:
             handle.write(json.dumps(doc.model_dump(), ensure_ascii=False) + "\n")
 
 
-def read_documents(path: Path) -> list[Document]:
-    documents = []
+def read_jsonl(path: Path, error: type[Exception] = CorruptCheckpointError) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (blank lines skipped); ``error`` names the bad line.
+
+    A missing file raises ``error`` too; a line that is not UTF-8, not JSON or not an object is
+    reported with its number.
+    """
+    rows: list[dict[str, Any]] = []
     line_no = 0
     try:
         with open(path, encoding="utf-8") as handle:
             for line_no, line in enumerate(handle, 1):
                 if line.strip():
-                    documents.append(Document.model_validate_json(line))
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError("not a JSON object")
+                    rows.append(row)
+    except FileNotFoundError as exc:
+        raise error(f"{path} does not exist") from exc
     except (ValueError, UnicodeDecodeError) as exc:
+        # A decoding error surfaces while reading line ``line_no + 1``.
         where = line_no + 1 if isinstance(exc, UnicodeDecodeError) else line_no
-        raise CorruptCheckpointError(f"{path}: line {where} is not a valid document: {exc}") from exc
+        raise error(f"{path}: line {where} is not valid UTF-8 JSON: {exc}") from exc
+    return rows
+
+
+def read_documents(path: Path) -> list[Document]:
+    """Documents written by :func:`write_documents`; a bad line is a ``CorruptCheckpointError``."""
+    documents = []
+    for position, row in enumerate(read_jsonl(path), 1):
+        try:
+            documents.append(Document.model_validate(row))
+        except ValueError as exc:
+            raise CorruptCheckpointError(f"{path}: document {position} is not valid: {exc}") from exc
     return documents
 
 

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from softcar.base import BaseRetriever
+from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.config import DEFAULT_ENCODER, AdapterKind, PoolingKind, RetrieverConfig, TrainConfig
 from softcar.documents import Document, DocumentLike
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
@@ -93,14 +93,14 @@ class ClassifierRetriever(BaseRetriever):
         encoder_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = RetrieverConfig(
-            encoder=DEFAULT_ENCODER if encoder is None else os.fspath(encoder),
-            encoder_kwargs=dict(encoder_kwargs or {}),
+            encoder=encoder,
+            encoder_kwargs=encoder_kwargs,
             adapter=adapter,
             adapter_hidden=adapter_hidden,
             pooling=pooling,
             max_query_length=max_query_length,
             max_document_length=max_document_length,
-            train=config or TrainConfig(),
+            train=config,
         )
         self._build()
 
@@ -345,18 +345,11 @@ class ClassifierRetriever(BaseRetriever):
     # ------------------------------------------------------------------ persistence
     def _save_state(self, folder: Path) -> dict[str, Any]:
         write_tensors(folder / WEIGHTS_FILE, self.trainable_state_dict())
-        return {
-            "config": self.config.model_dump(mode="json"),
-            "encoder": {"name": self.config.encoder, "fingerprint": self.encoder_fingerprint},
-        }
+        return encoder_manifest(self.config, self.encoder_fingerprint)
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
-        try:
-            config = RetrieverConfig.model_validate(manifest["config"])
-            expected = str(manifest["encoder"]["fingerprint"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"{folder}: manifest is missing or has invalid fields: {exc}") from exc
+        config, expected = parse_encoder_manifest(folder, manifest)
         overrides: dict[str, Any] = {}
         if "encoder" in options:
             overrides["encoder"] = os.fspath(options["encoder"])
