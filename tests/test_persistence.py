@@ -20,7 +20,9 @@ def test_save_load_identical_rankings(fitted: ClassifierRetriever, tmp_path: Pat
     assert ranking(loaded) == ranking(fitted)
     assert loaded.documents == fitted.documents
     assert loaded.config == fitted.config
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["documents.jsonl", "softcar.json", "weights.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "documents.jsonl", "questions.jsonl", "questions.safetensors", "softcar.json", "weights.safetensors"
+    ]
 
 
 def test_no_pickle_in_checkpoint(fitted: ClassifierRetriever, tmp_path: Path) -> None:

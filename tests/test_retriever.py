@@ -8,7 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from softcar import ClassifierRetriever, Document, InnerProductRetriever, Retriever, ScoredDocument, TrainConfig
+from softcar import (
+    ClassifierRetriever,
+    Document,
+    InnerProductRetriever,
+    Retriever,
+    ScoredDocument,
+    ScoringConfig,
+    TrainConfig,
+)
 from softcar.errors import CheckpointError
 from tests.conftest import FAST
 
@@ -22,13 +30,19 @@ QUESTIONS = [
 ]
 
 
+SOFT_ONLY = ScoringConfig(hybrid_weight=0.0, question_rows=False)
+"""Head scores alone: what the tests of training and prototypes look at."""
+
+
 def ranking(retriever: Retriever, queries: list[str] = QUESTIONS) -> list[list[tuple[str, float]]]:
     return [[(h.document.id, round(h.score, 5)) for h in hits] for hits in retriever.retrieve_batch(queries, k=6)]
 
 
 def test_untrained_equals_frozen_inner_product(tiny_bert: str, corpus: list[Document]) -> None:
-    """Head rows start as document embeddings and the adapter as identity: epoch 0 == inner-product search."""
-    untrained = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False)).fit(corpus)
+    """Head rows start as document embeddings and the adapter as identity: epoch 0 == inner-product
+    search (with BM25 fusion off)."""
+    untrained = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False), scoring=SOFT_ONLY)
+    untrained.fit(corpus)
     frozen = InnerProductRetriever(tiny_bert).fit(corpus)
     assert [[d for d, _ in r] for r in ranking(untrained)] == [[d for d, _ in r] for r in ranking(frozen)]
     for a, b in zip(ranking(untrained), ranking(frozen)):
@@ -40,7 +54,7 @@ def test_labelled_queries_become_row_prototypes(tiny_bert: str, corpus: list[Doc
     pairs = list(zip(QUESTIONS, [d.id for d in corpus]))
     frozen = InnerProductRetriever(tiny_bert, show_progress=False).fit(corpus)
     config = TrainConfig(epochs=0, query_prototype_weight=2.0, show_progress=False)
-    retriever = ClassifierRetriever(tiny_bert, config=config).fit(corpus, queries=pairs)
+    retriever = ClassifierRetriever(tiny_bert, config=config, scoring=SOFT_ONLY).fit(corpus, queries=pairs)
     rows = retriever.model.head.weight.detach()
     expected = torch.nn.functional.normalize(
         frozen.embed_documents([d.text for d in corpus]) + 2.0 * frozen.embed_queries(QUESTIONS), dim=1
@@ -50,7 +64,7 @@ def test_labelled_queries_become_row_prototypes(tiny_bert: str, corpus: list[Doc
         own = {h.document.id: h.score for h in retriever.retrieve(question, k=len(corpus))}[doc.id]
         before = {h.document.id: h.score for h in frozen.retrieve(question, k=len(corpus))}[doc.id]
         assert own > before
-    off = ClassifierRetriever(tiny_bert, config=config.model_copy(update={"query_prototype_weight": 0.0}))
+    off = ClassifierRetriever(tiny_bert, config=config.model_copy(update={"query_prototype_weight": 0.0}), scoring=SOFT_ONLY)
     off.fit(corpus, queries=pairs)
     assert [[d for d, _ in r] for r in ranking(off)] == [[d for d, _ in r] for r in ranking(frozen)]
 
@@ -64,8 +78,9 @@ def test_inner_product_embeddings_are_unit_norm(tiny_bert: str) -> None:
 
 def test_fit_learns_the_corpus(tiny_bert: str, corpus: list[Document]) -> None:
     config = TrainConfig(epochs=15, batch_size=8, pseudo_queries_per_document=4, show_progress=False)
-    retriever = ClassifierRetriever(tiny_bert, config=config)
-    before = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False)).fit(corpus)
+    retriever = ClassifierRetriever(tiny_bert, config=config, scoring=SOFT_ONLY)
+    before = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False), scoring=SOFT_ONLY)
+    before.fit(corpus)
     retriever.fit(corpus, queries=list(zip(QUESTIONS, [d.id for d in corpus])))
     top1 = [hits[0].document.id for hits in retriever.retrieve_batch(QUESTIONS, k=1)]
     top1_before = [hits[0].document.id for hits in before.retrieve_batch(QUESTIONS, k=1)]
@@ -107,7 +122,8 @@ def test_retrieve_batch_matches_retrieve(fitted: ClassifierRetriever) -> None:
     for query, hits in zip(QUESTIONS, batch):
         single = fitted.retrieve(query, k=3)
         assert [h.document.id for h in hits] == [h.document.id for h in single]
-        assert [h.score for h in hits] == pytest.approx([h.score for h in single], abs=1e-5)
+        # Fused scores are standardised per query, which scales float noise from padding.
+        assert [h.score for h in hits] == pytest.approx([h.score for h in single], abs=1e-4)
     assert fitted.retrieve_batch([], k=3) == []
 
 

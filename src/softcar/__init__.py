@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from softcar.base import BaseRetriever, load_retriever, retriever_kinds
 from softcar.baselines import BM25Retriever, InnerProductRetriever
-from softcar.config import RetrieverConfig, TrainConfig
+from softcar.config import RetrieverConfig, ScoringConfig, TrainConfig
 from softcar.data import BeirDataset, load_beir, load_jsonl_documents, packaged_dataset_path
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import default_encoder_path
@@ -48,6 +48,7 @@ __all__ = [
     "Retriever",
     "RetrieverConfig",
     "ScoredDocument",
+    "ScoringConfig",
     "SoftcarModel",
     "TrainConfig",
     "TrainingPair",

@@ -25,7 +25,7 @@ from softcar.documents import Document
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CorruptCheckpointError
 from softcar.persistence import read_tensors, write_tensors
-from softcar.validation import TrainingPair, validate_queries
+from softcar.validation import TrainingPair, require_fitted, validate_queries
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +153,14 @@ class BM25Retriever(BaseRetriever):
         """BM25's statistics are corpus-wide, so the index is rebuilt (cheap at this scale)."""
         self._store(docs)
         self._rebuild()
+
+    def score_all(self, queries: Sequence[str]) -> torch.Tensor:
+        """BM25 scores of every document, ``[len(queries), len(documents)]`` (for score fusion)."""
+        with self._lock:
+            require_fitted(self._documents, "BM25Retriever")
+            assert self._index is not None
+            tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False, return_ids=False)
+            return torch.from_numpy(np.stack([self._index.get_scores(t) for t in tokens]).astype(np.float32))
 
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._index is not None

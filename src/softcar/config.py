@@ -45,9 +45,10 @@ class TrainConfig(BaseModel):
     """Also train on each document's leading text."""
     labelled_repeats: PositiveInt = 2
     """How many times each labelled (query, doc) pair is seen per epoch."""
-    query_prototype_weight: float = Field(2.0, ge=0)
+    query_prototype_weight: float = Field(0.0, ge=0)
     """fit: each labelled query adds this times its frozen embedding to its document's initial
-    head row (a class prototype), so training starts from doc + known questions; 0 disables."""
+    head row (a class prototype). Off by default: prototype rows capture questions about other
+    documents (question rows with a calibrated offset replace them)."""
     train_adapter: bool = True
     train_head: bool = True
     update_epochs: PositiveInt = 3
@@ -61,6 +62,28 @@ class TrainConfig(BaseModel):
     device: str | None = None
     """torch device; None picks CUDA when available."""
     show_progress: bool = True
+
+
+class ScoringConfig(BaseModel):
+    """How retrieval scores are formed: head scores, question rows and BM25 fusion."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    hybrid_weight: float | None = Field(None, ge=0, le=1)
+    """α of ``α · z(bm25) + (1 - α) · z(soft)``; ``None``: calibrated on labelled / feedback pairs
+    (leave-one-out), ``default_hybrid_weight`` until there are any. 0 disables BM25."""
+    default_hybrid_weight: float = Field(0.1, ge=0, le=1)
+    """α before any labelled pair has been seen."""
+    question_rows: bool = True
+    """Remember every labelled / feedback question as a row of its document."""
+    question_offset: float | None = None
+    """Question rows score ``similarity - offset``; ``None``: calibrated (and possibly unused)."""
+    max_question_rows_per_document: PositiveInt = 8
+    """Cap per document: beyond it, the row most redundant with the document's others is dropped."""
+    calibration_tolerance: float = Field(0.01, ge=0)
+    """Leave-one-out R@1 that may be traded for more use of question rows (see softcar.scoring)."""
+    calibration_pairs: PositiveInt = 2000
+    """At most this many (most recent) pairs are used to calibrate."""
 
 
 class RetrieverConfig(BaseModel):
@@ -79,6 +102,7 @@ class RetrieverConfig(BaseModel):
     max_query_length: PositiveInt = 64
     max_document_length: PositiveInt = 256
     train: TrainConfig = Field(default_factory=TrainConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
     @field_validator("encoder", mode="before")
     @classmethod
@@ -88,9 +112,9 @@ class RetrieverConfig(BaseModel):
             return DEFAULT_ENCODER
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    @field_validator("encoder_kwargs", "train", mode="before")
+    @field_validator("encoder_kwargs", "train", "scoring", mode="before")
     @classmethod
     def _none_is_default(cls, value: object, info: ValidationInfo) -> object:
         if value is None:
-            return {} if info.field_name == "encoder_kwargs" else TrainConfig()
+            return {"encoder_kwargs": {}, "train": TrainConfig(), "scoring": ScoringConfig()}[str(info.field_name)]
         return value

@@ -14,14 +14,17 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
+from softcar.baselines import BM25Retriever
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
-from softcar.config import DEFAULT_ENCODER, AdapterKind, PoolingKind, RetrieverConfig, TrainConfig
+from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringConfig, TrainConfig
 from softcar.documents import Document, DocumentLike
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError
 from softcar.losses import ClassificationLoss
 from softcar.model import SoftcarModel
-from softcar.persistence import read_tensors, write_tensors
+from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
+from softcar.question_rows import QuestionRows
+from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, calibrate, combine
 from softcar.regularizers import HeadAnchor
 from softcar.trainer import ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
 from softcar.training_data import (
@@ -37,6 +40,8 @@ from softcar.validation import TrainingPair, normalize_pairs, require_fitted, va
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.safetensors"
+QUESTIONS_FILE = "questions.safetensors"
+QUESTION_TEXTS_FILE = "questions.jsonl"
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -75,6 +80,7 @@ class ClassifierRetriever(BaseRetriever):
         adapter: ``"linear"`` (d×d identity-initialised residual) or ``"mlp"`` (bottleneck residual).
         pooling: ``"auto"`` (mean for encoders, last token for decoders), ``"mean"``, ``"last"``, ``"cls"``.
         config: training hyper-parameters.
+        scoring: how scores are formed (question rows, BM25 fusion, calibration).
         encoder_kwargs: extra ``from_pretrained`` kwargs, e.g. ``{"gguf_file": "model.gguf"}``.
     """
 
@@ -87,6 +93,7 @@ class ClassifierRetriever(BaseRetriever):
         pooling: PoolingKind = "auto",
         config: TrainConfig | None = None,
         *,
+        scoring: ScoringConfig | None = None,
         adapter_hidden: int = 64,
         max_query_length: int = 64,
         max_document_length: int = 256,
@@ -101,6 +108,7 @@ class ClassifierRetriever(BaseRetriever):
             max_query_length=max_query_length,
             max_document_length=max_document_length,
             train=config,
+            scoring=scoring,
         )
         self._build()
 
@@ -122,6 +130,11 @@ class ClassifierRetriever(BaseRetriever):
         self.model = SoftcarModel(SoftEncoder(loaded.model, self.config)).to(self.device)
         self.model.eval()
         self._feedback: list[Example] = []
+        scoring = self.config.scoring
+        self._questions = QuestionRows(self.model.encoder.dim, scoring.max_question_rows_per_document)
+        self._lexical = BM25Retriever()
+        self.calibration = Calibration(hybrid_weight=scoring.hybrid_weight or scoring.default_hybrid_weight)
+        """The scoring settings in force (hybrid weight, question-row offset), see softcar.scoring."""
         self._fingerprint: str | None = None
         self.callbacks: list[TrainerCallback] = []
         """Trainer callbacks for every training run (fit, update, add_documents), e.g. a StepTimer."""
@@ -226,9 +239,9 @@ class ClassifierRetriever(BaseRetriever):
         """Index ``documents`` and train adapter + head from scratch.
 
         Works with no labelled queries: spans of the documents serve as training queries.
-        ``queries`` are optional ``(query_text, doc_id)`` pairs; they also seed their document's
-        starting row (``TrainConfig.query_prototype_weight``), so without them an untrained
-        retriever equals inner-product search.
+        ``queries`` are optional ``(query_text, doc_id)`` pairs: training examples, question rows
+        of their documents, and the held-out set on which the hybrid weight and question-row
+        offset are calibrated (``ScoringConfig``). Documents are also indexed with BM25.
         """
         return super().fit(documents, queries)
 
@@ -244,7 +257,57 @@ class ClassifierRetriever(BaseRetriever):
         self._add_query_prototypes(pairs)
         examples = span_examples(self._documents, range(len(docs)), cfg, cfg.seed) + pairs * cfg.labelled_repeats
         logger.info("fitting on %d documents, %d labelled pairs, %d examples", len(docs), len(pairs), len(examples))
+        self._lexical.fit(docs)
+        self._questions = QuestionRows(self.model.encoder.dim, self.config.scoring.max_question_rows_per_document)
         self._train(examples, cfg.epochs, "fit")
+        self._remember_questions(pairs)
+        self._calibrate()
+
+    def _remember_questions(self, pairs: Sequence[Example]) -> None:
+        if self.config.scoring.question_rows and pairs:
+            texts = [text for text, _ in pairs]
+            self._questions.add(texts, [row for _, row in pairs], self._embed(texts, self.config.max_query_length))
+
+    def _refresh_questions(self) -> None:
+        """Re-embed question rows through the adapter after it was trained."""
+        if len(self._questions):
+            self._questions.vectors = self._embed(self._questions.texts, self.config.max_query_length).cpu()
+
+    def _calibrate(self) -> None:
+        """Choose hybrid weight and question-row offset on the feedback (softcar.scoring)."""
+        scoring = self.config.scoring
+        pairs = self._feedback[-scoring.calibration_pairs :]
+        fixed_alpha = scoring.hybrid_weight
+        if not pairs:
+            self.calibration = Calibration(
+                hybrid_weight=scoring.default_hybrid_weight if fixed_alpha is None else fixed_alpha,
+                question_offset=scoring.question_offset if scoring.question_rows else None,
+            )
+            return
+        texts = [text for text, _ in pairs]
+        vectors = self._embed(texts, self.config.max_query_length)
+        with torch.no_grad():
+            soft = self.model.head(vectors)
+        question_best = None
+        if scoring.question_rows and len(self._questions):
+            # Hide each question's own row (same text, same document): leave-one-out.
+            own = {(t, int(r)): i for i, (t, r) in enumerate(zip(self._questions.texts, self._questions.rows))}
+            exclude = torch.tensor([own.get((t, r), -1) for t, r in pairs])
+            question_best = self._questions.best_per_document(vectors, len(self._documents), None)
+            hidden = exclude >= 0
+            if hidden.any():
+                question_best[hidden] = self._questions.best_per_document(
+                    vectors[hidden], len(self._documents), exclude[hidden]
+                )
+        lexical = self._lexical.score_all(texts) if fixed_alpha != 0 else None
+        labels = torch.tensor([row for _, row in pairs])
+        self.calibration = calibrate(
+            soft.cpu(), None if question_best is None else question_best.cpu(), lexical, labels,
+            hybrid_grid=HYBRID_GRID if fixed_alpha is None else (fixed_alpha,),
+            offset_grid=OFFSET_GRID if scoring.question_offset is None else (scoring.question_offset,),
+            tolerance=scoring.calibration_tolerance,
+        )
+        logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
 
     def _add_query_prototypes(self, pairs: list[Example]) -> None:
         """Move each document's initial row toward its labelled queries' frozen embeddings.
@@ -277,19 +340,23 @@ class ClassifierRetriever(BaseRetriever):
         """
         start = len(self._documents)
         self._add_rows(docs)
+        self._lexical.add_documents(docs)
         cfg = self.config.train
         if cfg.new_document_epochs:
             new = span_examples(self._documents, range(start, len(self._documents)), cfg, cfg.seed + start)
             replay = replay_examples(self._documents, self._feedback, len(new), cfg, cfg.seed + len(self._feedback))
             self._train(new + replay, cfg.new_document_epochs, "add_documents")
+            self._refresh_questions()
 
     def update(self, queries: Iterable[TrainingPair], *, epochs: int | None = None) -> list[float]:
         """Online fine-tuning from feedback ``(query_text, doc_id)`` pairs.
 
-        Mixes in replayed pseudo-queries and earlier feedback (``update_replay`` per pair) so
-        the rest of the corpus is not forgotten. ``epochs`` defaults to
-        ``TrainConfig.update_epochs``; ``epochs=0`` only records the feedback. Returns the loss
-        per epoch.
+        Each question becomes a question row of its document at once (found again before any
+        gradient step), then adapter and head train on the pairs mixed with replayed
+        pseudo-queries and earlier feedback (``update_replay`` per pair) so the rest of the
+        corpus is not forgotten, and the scoring is re-calibrated on all feedback. ``epochs``
+        defaults to ``TrainConfig.update_epochs``; ``epochs=0`` skips training. Returns the
+        loss per epoch.
         """
         with self._lock:
             require_fitted(self._documents, "ClassifierRetriever")
@@ -300,13 +367,25 @@ class ClassifierRetriever(BaseRetriever):
             count = max(len(pairs) * cfg.update_replay, cfg.batch_size)
             replay = replay_examples(self._documents, self._feedback, count, cfg, cfg.seed + len(self._feedback))
             self._feedback.extend(pairs)
+            self._remember_questions(pairs)
             epochs = cfg.update_epochs if epochs is None else epochs
-            return self._train(pairs * cfg.labelled_repeats + replay, epochs, "update").epoch_losses
+            losses = self._train(pairs * cfg.labelled_repeats + replay, epochs, "update").epoch_losses
+            if losses:
+                self._refresh_questions()
+            self._calibrate()
+            return losses
 
     # ------------------------------------------------------------------ retrieval
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calibration = self.calibration
         with torch.no_grad():
-            scores = self.model.head(self._embed(queries, self.config.max_query_length))
+            vectors = self._embed(queries, self.config.max_query_length)
+            soft = self.model.head(vectors)
+            question_best = None
+            if len(self._questions):
+                question_best = self._questions.best_per_document(vectors, len(self._documents))
+            lexical = self._lexical.score_all(queries) if calibration.hybrid_weight > 0 else None
+            scores = combine(soft, question_best, lexical, calibration)
             top = torch.topk(scores, k, dim=1)
         return top.values.cpu(), top.indices.cpu()
 
@@ -345,7 +424,12 @@ class ClassifierRetriever(BaseRetriever):
     # ------------------------------------------------------------------ persistence
     def _save_state(self, folder: Path) -> dict[str, Any]:
         write_tensors(folder / WEIGHTS_FILE, self.trainable_state_dict())
-        return encoder_manifest(self.config, self.encoder_fingerprint)
+        write_tensors(folder / QUESTIONS_FILE, self._questions.state())
+        write_documents(
+            folder / QUESTION_TEXTS_FILE,
+            [Document(id=str(i), text=t) for i, t in enumerate(self._questions.texts)],
+        )
+        return {**encoder_manifest(self.config, self.encoder_fingerprint), "calibration": self.calibration.model_dump()}
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
@@ -369,5 +453,13 @@ class ClassifierRetriever(BaseRetriever):
         self.model.head.append_rows(torch.zeros(len(self._documents), self.model.encoder.dim))
         try:
             self.load_trainable_state_dict(tensors)
-        except CheckpointError as exc:
+            self.calibration = Calibration.model_validate(manifest.get("calibration", {}))
+            if (folder / QUESTIONS_FILE).is_file():
+                texts = [d.text for d in read_documents(folder / QUESTION_TEXTS_FILE)]
+                self._questions.load_state(texts, read_tensors(folder / QUESTIONS_FILE))
+        except (CheckpointError, ValueError, KeyError) as exc:
             raise CorruptCheckpointError(f"{folder}: {exc}") from exc
+        if len(self._questions) and int(self._questions.rows.max()) >= len(self._documents):
+            raise CorruptCheckpointError(f"{folder}: a question row names a document the checkpoint does not hold")
+        self._feedback = list(zip(self._questions.texts, self._questions.rows.tolist()))
+        self._lexical.fit(self._documents)

@@ -1,0 +1,77 @@
+"""Question rows, BM25 fusion and their leave-one-out calibration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from softcar import ClassifierRetriever, Document, ScoringConfig, TrainConfig
+from softcar.errors import CorruptCheckpointError
+from softcar.question_rows import QuestionRows
+from softcar.scoring import Calibration, calibrate, combine, zscore
+from tests.conftest import FAST
+from tests.test_retriever import QUESTIONS, ranking
+
+
+def test_question_rows_cap_and_duplicates() -> None:
+    rows = QuestionRows(dim=2, max_per_document=2)
+    vectors = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0], [0.7, 0.7]]), dim=1)
+    assert rows.add(["a", "a again", "b", "c"], [0, 0, 0, 0], vectors) == 3  # "a again" is a near-duplicate
+    assert len(rows) == 2 and set(rows.texts) <= {"a", "b", "c"}
+    best = rows.best_per_document(vectors[:1], num_documents=2)
+    assert best[0, 1] == float("-inf") and best[0, 0] > 0.5
+
+
+def test_calibration_refuses_rows_that_steal_other_documents_questions() -> None:
+    """Held-out questions whose best question row belongs to *another* document: rows must be off."""
+    labels = torch.arange(4)
+    soft = torch.eye(4) * 0.6 + 0.1  # the head alone ranks every question right
+    stolen = torch.full((4, 4), float("-inf"))
+    stolen[torch.arange(4), (labels + 1) % 4] = 0.95  # a similar question of the next document
+    chosen = calibrate(soft, stolen, None, labels)
+    assert chosen.leave_one_out_recall == 1.0
+    assert torch.equal(combine(soft, stolen, None, chosen).argmax(1), labels)
+    assert not torch.equal(combine(soft, stolen, None, Calibration(question_offset=0.0)).argmax(1), labels)
+
+
+def test_calibration_learns_the_hybrid_weight() -> None:
+    labels = torch.arange(5)
+    soft = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))  # uninformative
+    lexical = torch.eye(5) * 3.0  # BM25 is right
+    assert calibrate(soft, None, lexical, labels).hybrid_weight > 0
+    assert calibrate(lexical, None, soft, labels).hybrid_weight == 0.0
+
+
+def test_zscore_and_combine_without_extras() -> None:
+    scores = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.allclose(zscore(scores).mean(), torch.tensor(0.0), atol=1e-6)
+    assert torch.equal(combine(scores, None, None, Calibration()), scores)
+
+
+def test_feedback_is_found_at_once_without_training(tiny_bert: str, corpus: list[Document]) -> None:
+    retriever = ClassifierRetriever(tiny_bert, config=FAST).fit(corpus)
+    question = "which lock stops my threads from running python code in parallel"
+    retriever.update([(question, "gil")], epochs=0)
+    assert retriever.retrieve(question, k=1)[0].document.id == "gil"
+
+
+def test_question_rows_and_calibration_survive_save_load(tiny_bert: str, corpus: list[Document], tmp_path: Path) -> None:
+    pairs = list(zip(QUESTIONS, [d.id for d in corpus]))
+    retriever = ClassifierRetriever(tiny_bert, config=FAST).fit(corpus, queries=pairs)
+    retriever.save(tmp_path / "m")
+    loaded = ClassifierRetriever.load(tmp_path / "m")
+    assert loaded.calibration == retriever.calibration
+    assert ranking(loaded) == ranking(retriever)
+    (tmp_path / "m" / "questions.jsonl").write_text('{"id": "0", "text": "only one"}\n')
+    with pytest.raises(CorruptCheckpointError):
+        ClassifierRetriever.load(tmp_path / "m")
+
+
+def test_fixed_scoring_settings_are_respected(tiny_bert: str, corpus: list[Document]) -> None:
+    scoring = ScoringConfig(hybrid_weight=0.3, question_offset=0.1)
+    pairs = list(zip(QUESTIONS, [d.id for d in corpus]))
+    retriever = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False), scoring=scoring)
+    retriever.fit(corpus, queries=pairs)
+    assert retriever.calibration.hybrid_weight == 0.3 and retriever.calibration.question_offset == 0.1
