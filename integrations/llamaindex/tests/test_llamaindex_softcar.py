@@ -22,7 +22,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.retrievers.softcar import ClassifierRetriever, evaluate_retriever, training_pairs
 from softcar import BM25Retriever, TrainConfig
 from softcar import ClassifierRetriever as CoreRetriever
-from softcar.errors import EmptyQueryError, InvalidKError, UnknownDocumentError
+from softcar.errors import EmptyQueryError, InvalidKError, InvalidTrainingPairError, UnknownDocumentError
 
 QUERY = "why can't my threads run Python code in parallel?"
 
@@ -225,3 +225,22 @@ def test_packaged_minilm_query_engine_end_to_end(nodes: list[TextNode], qa_datas
     assert evaluate_retriever(li, qa_dataset)["hit_rate"] == 1.0
     response = RetrieverQueryEngine.from_args(li, llm=MockLLM()).query("why is 0.1 not exact in binary?")
     assert ids(response.source_nodes) == ["float"]
+
+
+# ---------------------------------------------------------------------- feedback validation
+def test_feedback_is_validated_by_the_core(shared_li: ClassifierRetriever, nodes: list[TextNode]) -> None:
+    """softcar.normalize_pairs checks the pairs; nodes and NodeWithScore count by node_id."""
+    calls = []
+    core = shared_li.retriever
+    with mock.patch.object(core, "update", side_effect=lambda pairs, **kw: calls.append(pairs)):
+        shared_li.update([("q1", "gil"), ("q2", nodes[1]), ["q3", NodeWithScore(node=nodes[2], score=0.5)]])
+        shared_li.update(pair for pair in [("q4", "gil")])
+    assert calls == [[("q1", "gil"), ("q2", nodes[1].node_id), ("q3", nodes[2].node_id)], [("q4", "gil")]]
+    with pytest.raises(InvalidTrainingPairError, match="wrap a single pair"):
+        shared_li.update(("q", "gil"))
+    with pytest.raises(InvalidTrainingPairError):
+        shared_li.update([("q", 7)])
+    with pytest.raises(InvalidTrainingPairError):
+        shared_li.update(["not a pair"])
+    with pytest.raises(EmptyQueryError):
+        shared_li.update([(" ", "gil")])

@@ -184,11 +184,11 @@ class ClassifierRetriever(BaseRetriever):
         """
         if not callable(getattr(self._retriever, "update", None)):
             raise NotImplementedError(f"{type(self._retriever).__name__} does not learn from feedback")
-        return self._retriever.update(_feedback_pairs(feedback), **kwargs)
+        return self._retriever.update(softcar.normalize_pairs(feedback, doc_id=_node_id), **kwargs)
 
     async def aupdate(self, feedback: Iterable[tuple[str, FeedbackDoc]], **kwargs: Any) -> Any:
         """:meth:`update` in a worker thread so the event loop keeps serving queries."""
-        pairs = _feedback_pairs(feedback)
+        pairs = softcar.normalize_pairs(feedback, doc_id=_node_id)
         return await asyncio.to_thread(self.update, pairs, **kwargs)
 
     # ------------------------------------------------------------------ retrieval
@@ -218,17 +218,8 @@ class ClassifierRetriever(BaseRetriever):
         return await asyncio.to_thread(self.retrieve_batch, queries)
 
 
-def _feedback_pairs(feedback: Iterable[tuple[str, FeedbackDoc]]) -> list[tuple[str, str]]:
-    if isinstance(feedback, tuple) and len(feedback) == 2 and isinstance(feedback[0], str):
-        raise TypeError("feedback must be an iterable of (question, node) pairs; wrap a single pair in a list")
-    pairs = []
-    for item in feedback:
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"feedback items must be (question, node) pairs, got {item!r}")
-        question, doc = item
-        if isinstance(doc, NodeWithScore):
-            doc = doc.node
-        if isinstance(doc, BaseNode):
-            doc = doc.node_id
-        pairs.append((question, doc))
-    return pairs
+def _node_id(doc: Any) -> Any:
+    """The softcar id of a feedback node; other values go to the core's pair validation."""
+    if isinstance(doc, NodeWithScore):
+        doc = doc.node
+    return doc.node_id if isinstance(doc, BaseNode) else doc
