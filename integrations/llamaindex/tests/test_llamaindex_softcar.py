@@ -11,18 +11,21 @@ from unittest import mock
 
 import pytest
 from llama_index.core import Document as LIDocument
+from llama_index.core import MockEmbedding, VectorStoreIndex
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.bridge.pydantic import BaseModel
 from llama_index.core.evaluation import RetrieverEvaluator
 from llama_index.core.llms import MockLLM
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, MetadataMode, NodeRelationship, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.storage.docstore import SimpleDocumentStore
 
 from llama_index.retrievers.softcar import ClassifierRetriever, evaluate_retriever, training_pairs
+from llama_index.retrievers.softcar.base import NODE_KEY
 from softcar import BM25Retriever, TrainConfig
 from softcar import ClassifierRetriever as CoreRetriever
-from softcar.errors import EmptyQueryError, InvalidKError, UnknownDocumentError
+from softcar.errors import EmptyQueryError, InvalidKError, InvalidTrainingPairError, UnknownDocumentError
 
 QUERY = "why can't my threads run Python code in parallel?"
 
@@ -225,3 +228,146 @@ def test_packaged_minilm_query_engine_end_to_end(nodes: list[TextNode], qa_datas
     assert evaluate_retriever(li, qa_dataset)["hit_rate"] == 1.0
     response = RetrieverQueryEngine.from_args(li, llm=MockLLM()).query("why is 0.1 not exact in binary?")
     assert ids(response.source_nodes) == ["float"]
+
+
+# ---------------------------------------------------------------------- nodes come back whole
+def chunked_nodes() -> list[BaseNode]:
+    """Nodes as a reader + SentenceSplitter make them: SOURCE/PREV/NEXT, ref_doc_id, excluded keys."""
+    text = " ".join(f"{TOPICS[i % len(TOPICS)]} Note {i}." for i in range(24))
+    document = LIDocument(
+        text=text,
+        doc_id="faq.txt",
+        metadata={"file_name": "faq.txt", "category": "python", "pages": [1, 2]},
+        excluded_embed_metadata_keys=["category"],
+        excluded_llm_metadata_keys=["pages"],
+    )
+    return SentenceSplitter(chunk_size=48, chunk_overlap=0).get_nodes_from_documents([document])
+
+
+TOPICS = [
+    "Python uses indentation for grouping statements.",
+    "Floating point numbers are stored in binary.",
+    "The global interpreter lock lets one thread run bytecode at a time.",
+]
+
+
+def assert_same_nodes(hits: list[NodeWithScore], originals: dict[str, BaseNode]) -> None:
+    for hit in hits:
+        node, original = hit.node, originals[hit.node.node_id]
+        assert type(node) is type(original)
+        assert node.relationships == original.relationships
+        assert node.ref_doc_id == original.ref_doc_id == "faq.txt"
+        assert node.metadata == original.metadata and NODE_KEY not in node.metadata
+        assert node.excluded_embed_metadata_keys == original.excluded_embed_metadata_keys
+        assert node.excluded_llm_metadata_keys == original.excluded_llm_metadata_keys
+        assert node.get_content(MetadataMode.LLM) == original.get_content(MetadataMode.LLM)
+        assert node.get_content(MetadataMode.EMBED) == original.get_content(MetadataMode.EMBED)
+        assert NODE_KEY not in node.get_content(MetadataMode.ALL) and "score" not in node.metadata
+        assert node == original  # every other field too (text, char offsets, templates, hash)
+
+
+def test_nodes_round_trip_through_fit_retrieve_persist_and_load(
+    tiny_encoder: str, fast: TrainConfig, tmp_path: Path
+) -> None:
+    nodes = chunked_nodes()
+    assert len(nodes) > 3 and all(NodeRelationship.SOURCE in n.relationships for n in nodes)
+    assert any(NodeRelationship.PREVIOUS in n.relationships for n in nodes)
+    assert any(NodeRelationship.NEXT in n.relationships for n in nodes)
+    originals = {n.node_id: n for n in nodes}
+    li = ClassifierRetriever.from_nodes(nodes, similarity_top_k=len(nodes), encoder=tiny_encoder, config=fast)
+    first = li.retrieve("threads and the interpreter lock")
+    assert {n.node.node_id for n in first} == set(originals)
+    assert_same_nodes(first, originals)
+
+    li.persist(tmp_path / "index")
+    again = ClassifierRetriever.from_persist_dir(tmp_path / "index", similarity_top_k=len(nodes))
+    second = again.retrieve("threads and the interpreter lock")
+    assert [n.node.node_id for n in second] == [n.node.node_id for n in first]
+    assert_same_nodes(second, originals)
+    assert_same_nodes(again.retrieve_batch(["floating point"])[0], originals)
+
+    # The LLM sees the original node's content only: no softcar payload, no score in metadata.
+    engine = RetrieverQueryEngine.from_args(again, llm=MockLLM())
+    response = engine.query("threads and the interpreter lock")
+    assert NODE_KEY not in str(response) and "pages" not in str(response)
+    assert_same_nodes(response.source_nodes, originals)
+
+
+async def test_nodes_round_trip_async_and_added_nodes(tiny_encoder: str, fast: TrainConfig) -> None:
+    nodes = chunked_nodes()
+    originals = {n.node_id: n for n in nodes}
+    li = ClassifierRetriever.from_nodes(nodes[:2], similarity_top_k=len(nodes), encoder=tiny_encoder, config=fast)
+    li.add_nodes(nodes[2:])
+    hits = await li.aretrieve("floating point numbers")
+    assert len(hits) == len(nodes)
+    assert_same_nodes(hits, originals)
+    assert_same_nodes((await li.aretrieve_batch(["floating point numbers"]))[0], originals)
+
+
+def test_returned_nodes_are_copies(shared_li: ClassifierRetriever) -> None:
+    """Node postprocessors may edit the nodes they get; the store must not change."""
+    hit = shared_li.retrieve(QUERY)[0]
+    hit.node.metadata["topic"] = "edited"
+    hit.node.metadata["extra"] = 1
+    again = next(n for n in shared_li.retrieve(QUERY) if n.node.node_id == hit.node.node_id)
+    assert again.node.metadata == {"topic": hit.node.node_id}
+
+
+def test_reserved_metadata_key_is_refused(tiny_encoder: str, fast: TrainConfig) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        ClassifierRetriever.from_nodes([TextNode(text="a b c", metadata={NODE_KEY: 1})], encoder=tiny_encoder)
+
+
+def test_documents_indexed_without_nodes_come_back_as_text_nodes(texts_core: Any) -> None:
+    li = ClassifierRetriever(texts_core, similarity_top_k=2)
+    hits = li.retrieve("the global interpreter lock and threads")
+    assert all(type(n.node) is TextNode for n in hits)
+    assert hits[0].node.node_id == "gil" and hits[0].node.metadata == {"topic": "gil"}
+    assert hits[0].node.get_content() == texts_core.documents[4].text
+
+
+@pytest.fixture
+def texts_core(nodes: list[TextNode]) -> BM25Retriever:
+    return BM25Retriever().fit([{"id": n.node_id, "text": n.text, "metadata": dict(n.metadata)} for n in nodes])
+
+
+# ---------------------------------------------------------------------- from_defaults
+def test_from_defaults_takes_nodes_a_docstore_or_an_index(tiny_encoder: str, fast: TrainConfig) -> None:
+    nodes = chunked_nodes()
+    originals = {n.node_id: n for n in nodes}
+    docstore = SimpleDocumentStore()
+    docstore.add_documents(nodes)
+    index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=8))
+    for source in ({"nodes": nodes}, {"docstore": docstore}, {"index": index}):
+        li = ClassifierRetriever.from_defaults(**source, similarity_top_k=3, encoder=tiny_encoder, config=fast)
+        assert {d.id for d in li.retriever.documents} == set(originals)
+        hits = li.retrieve("floating point numbers")
+        assert len(hits) == 3
+        assert_same_nodes(hits, originals)
+    bm25 = ClassifierRetriever.from_defaults(nodes=nodes, similarity_top_k=1, retriever=BM25Retriever())
+    assert isinstance(bm25.retriever, BM25Retriever)
+    with pytest.raises(ValueError, match="exactly one"):
+        ClassifierRetriever.from_defaults(encoder=tiny_encoder)
+    with pytest.raises(ValueError, match="exactly one"):
+        ClassifierRetriever.from_defaults(nodes=nodes, docstore=docstore, encoder=tiny_encoder)
+    with pytest.raises(ValueError, match="no nodes"):
+        ClassifierRetriever.from_defaults(docstore=SimpleDocumentStore(), encoder=tiny_encoder)
+
+
+# ---------------------------------------------------------------------- feedback validation
+def test_feedback_is_validated_by_the_core(shared_li: ClassifierRetriever, nodes: list[TextNode]) -> None:
+    """softcar.normalize_pairs checks the pairs; nodes and NodeWithScore count by node_id."""
+    calls = []
+    core = shared_li.retriever
+    with mock.patch.object(core, "update", side_effect=lambda pairs, **kw: calls.append(pairs)):
+        shared_li.update([("q1", "gil"), ("q2", nodes[1]), ["q3", NodeWithScore(node=nodes[2], score=0.5)]])
+        shared_li.update(pair for pair in [("q4", "gil")])
+    assert calls == [[("q1", "gil"), ("q2", nodes[1].node_id), ("q3", nodes[2].node_id)], [("q4", "gil")]]
+    with pytest.raises(InvalidTrainingPairError, match="wrap a single pair"):
+        shared_li.update(("q", "gil"))
+    with pytest.raises(InvalidTrainingPairError):
+        shared_li.update([("q", 7)])
+    with pytest.raises(InvalidTrainingPairError):
+        shared_li.update(["not a pair"])
+    with pytest.raises(EmptyQueryError):
+        shared_li.update([(" ", "gil")])

@@ -4,17 +4,25 @@ Thin by design: LlamaIndex nodes and queries are converted to the core's ``softc
 protocol and results back to ``NodeWithScore``. Ranking, validation, training and persistence
 live in the core, so the baselines (``softcar.InnerProductRetriever``, ``softcar.BM25Retriever``)
 can be wrapped as well.
+
+Each node is indexed as a core document (its id, its text without metadata, its metadata) that
+also carries the rest of the node, in LlamaIndex's own JSON (``doc_to_json``), under the metadata
+key :data:`NODE_KEY`. Retrieval rebuilds the original node (same class, id, text, metadata,
+relationships, ``ref_doc_id``, excluded metadata keys, templates), and since the core persists
+documents with their metadata, nodes survive ``persist`` / ``from_persist_dir`` unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
+from llama_index.core.constants import DATA_KEY, TYPE_KEY
 from llama_index.core.ingestion import run_transformations
 from llama_index.core.schema import (
     BaseNode,
@@ -25,29 +33,34 @@ from llama_index.core.schema import (
     TextNode,
     TransformComponent,
 )
+from llama_index.core.storage.docstore.types import BaseDocumentStore
+from llama_index.core.storage.docstore.utils import json_to_doc
 from typing_extensions import Self
 
 import softcar
 from llama_index.retrievers.softcar.dataset import finetune_dataset_parts, is_finetune_dataset, training_pairs
-from softcar import validate_k
 
 FeedbackDoc = str | BaseNode | NodeWithScore
+
+NODE_KEY = "__llama_index_node__"
+"""Reserved core-document metadata key holding the node's LlamaIndex JSON (never shown to the LLM)."""
 
 
 class ClassifierRetriever(BaseRetriever):
     """LlamaIndex retriever backed by a softcar retriever.
 
-    Each hit becomes ``NodeWithScore(node=TextNode(id_=doc id, text=..., metadata=...), score=...)``,
-    so node ids are the softcar document ids (what evaluation datasets and feedback refer to).
+    Each hit is ``NodeWithScore(node=<the node that was indexed>, score=...)``; node ids are the
+    softcar document ids (what evaluation datasets and feedback refer to). Documents indexed
+    without a node (a core retriever fitted directly) come back as ``TextNode(id_, text, metadata)``.
 
     Example:
         .. code-block:: python
 
             from llama_index.retrievers.softcar import ClassifierRetriever
 
-            li = ClassifierRetriever.from_nodes(nodes, similarity_top_k=4)
+            li = ClassifierRetriever.from_defaults(nodes=nodes, similarity_top_k=4)
             engine = RetrieverQueryEngine.from_args(li, llm=llm)
-            li.update([("question", "node-id")])   # fine-tune from feedback
+            li.update([("question", "node-id")])  # fine-tune from feedback
             li.persist("saved-dir")
     """
 
@@ -63,9 +76,7 @@ class ClassifierRetriever(BaseRetriever):
     ) -> None:
         # Fail at construction, not at the first query inside a query engine.
         if not isinstance(retriever, softcar.Retriever):
-            raise TypeError(
-                f"retriever must implement softcar.Retriever (fit/retrieve/retrieve_batch/...), got {type(retriever).__name__}"
-            )
+            raise TypeError(f"retriever must implement softcar.Retriever, got {type(retriever).__name__}")
         if not retriever.documents:
             raise ValueError("retriever has no documents: fit it first, or use ClassifierRetriever.from_nodes(...)")
         self._retriever = retriever
@@ -84,9 +95,33 @@ class ClassifierRetriever(BaseRetriever):
     @similarity_top_k.setter
     def similarity_top_k(self, value: int) -> None:
         # softcar.errors.InvalidKError (a ValueError) for 0, negatives and non-ints.
-        self._similarity_top_k = validate_k(value)
+        self._similarity_top_k = softcar.validate_k(value)
 
     # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_defaults(
+        cls,
+        index: Any = None,
+        nodes: Sequence[BaseNode] | None = None,
+        docstore: BaseDocumentStore | None = None,
+        similarity_top_k: int = 4,
+        **kwargs: Any,
+    ) -> Self:
+        """Fit on exactly one of ``nodes``, a ``docstore`` (all its nodes) or an ``index`` (its docstore).
+
+        As ``BM25Retriever.from_defaults``. ``kwargs`` go to :meth:`from_nodes` (``retriever=``,
+        ``queries=``, ``callback_manager=``, ``encoder=``, ``config=softcar.TrainConfig(...)``, ...).
+        """
+        if sum(source is not None for source in (index, nodes, docstore)) != 1:
+            raise ValueError("pass exactly one of index, nodes or docstore")
+        if index is not None:
+            docstore = index.docstore
+        if docstore is not None:
+            nodes = list(docstore.docs.values())
+            if not nodes:
+                raise ValueError("the docstore has no nodes (a vector store that keeps the text leaves it empty)")
+        return cls.from_nodes(list(nodes or ()), similarity_top_k, **kwargs)
+
     @classmethod
     def from_nodes(
         cls,
@@ -101,7 +136,8 @@ class ClassifierRetriever(BaseRetriever):
         """Fit a softcar retriever on ``nodes`` (node ids become document ids) and wrap it.
 
         Args:
-            nodes: ``TextNode`` s (or any ``BaseNode``); their text (without metadata) is indexed.
+            nodes: any ``BaseNode`` s; their text without metadata is indexed, and they come back
+                whole from retrieval.
             similarity_top_k: default number of results.
             retriever: an unfitted softcar retriever to fit (e.g. ``softcar.BM25Retriever()``);
                 default: ``softcar.ClassifierRetriever(**retriever_kwargs)``.
@@ -110,16 +146,12 @@ class ClassifierRetriever(BaseRetriever):
             **retriever_kwargs: ``softcar.ClassifierRetriever`` arguments (``encoder``,
                 ``adapter``, ``config=softcar.TrainConfig(...)``, ...).
         """
-        records = [
-            {"id": node.node_id, "text": node.get_content(metadata_mode=MetadataMode.NONE), "metadata": dict(node.metadata)}
-            for node in nodes
-        ]
         if retriever is None:
             retriever = softcar.ClassifierRetriever(**retriever_kwargs)
         elif retriever_kwargs:
             raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
         pairs = training_pairs(queries) if is_finetune_dataset(queries) else queries
-        retriever.fit(records, queries=pairs)
+        retriever.fit([_record(node) for node in nodes], queries=pairs)
         return cls(retriever, similarity_top_k, callback_manager=callback_manager)
 
     @classmethod
@@ -161,20 +193,20 @@ class ClassifierRetriever(BaseRetriever):
         return cls.from_nodes(nodes, similarity_top_k, queries=dataset if use_queries else None, **kwargs)
 
     @classmethod
-    def from_persist_dir(cls, persist_dir: str | os.PathLike[str], similarity_top_k: int = 4, **load_kwargs: Any) -> Self:
+    def from_persist_dir(
+        cls, persist_dir: str | os.PathLike[str], similarity_top_k: int = 4, **load_kwargs: Any
+    ) -> Self:
         """Load any softcar checkpoint written by :meth:`persist` (or ``softcar fit``)."""
         return cls(softcar.load_retriever(persist_dir, **load_kwargs), similarity_top_k)
 
     def persist(self, persist_dir: str | os.PathLike[str]) -> None:
-        """Save the wrapped retriever atomically (safetensors + JSON)."""
+        """Save the wrapped retriever atomically (safetensors + JSON, nodes included)."""
         self._retriever.save(persist_dir)
 
     # ------------------------------------------------------------------ management
     def add_nodes(self, nodes: Sequence[BaseNode]) -> list[str]:
         """Add nodes to the store (softcar gives them head rows without retraining); returns ids."""
-        return self._retriever.add_documents(
-            [{"id": n.node_id, "text": n.get_content(metadata_mode=MetadataMode.NONE), "metadata": dict(n.metadata)} for n in nodes]
-        )
+        return self._retriever.add_documents([_record(node) for node in nodes])
 
     def update(self, feedback: Iterable[tuple[str, FeedbackDoc]], **kwargs: Any) -> Any:
         """Fine-tune from ``(question, node)`` feedback (node id, node or ``NodeWithScore``).
@@ -184,51 +216,62 @@ class ClassifierRetriever(BaseRetriever):
         """
         if not callable(getattr(self._retriever, "update", None)):
             raise NotImplementedError(f"{type(self._retriever).__name__} does not learn from feedback")
-        return self._retriever.update(_feedback_pairs(feedback), **kwargs)
+        return self._retriever.update(softcar.normalize_pairs(feedback, doc_id=_node_id), **kwargs)
 
     async def aupdate(self, feedback: Iterable[tuple[str, FeedbackDoc]], **kwargs: Any) -> Any:
         """:meth:`update` in a worker thread so the event loop keeps serving queries."""
-        pairs = _feedback_pairs(feedback)
+        pairs = softcar.normalize_pairs(feedback, doc_id=_node_id)
         return await asyncio.to_thread(self.update, pairs, **kwargs)
 
     # ------------------------------------------------------------------ retrieval
-    @staticmethod
-    def _to_nodes(hits: Sequence[softcar.ScoredDocument]) -> list[NodeWithScore]:
-        return [
-            NodeWithScore(
-                node=TextNode(id_=hit.document.id, text=hit.document.text, metadata=dict(hit.document.metadata)),
-                score=hit.score,
-            )
-            for hit in hits
-        ]
-
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        return self._to_nodes(self._retriever.retrieve(query_bundle.query_str, k=self._similarity_top_k))
+        return _to_nodes(self._retriever.retrieve(query_bundle.query_str, k=self._similarity_top_k))
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         # The core is blocking (torch); a worker thread keeps the event loop responsive.
-        hits = await asyncio.to_thread(self._retriever.retrieve, query_bundle.query_str, k=self._similarity_top_k)
-        return self._to_nodes(hits)
+        return await asyncio.to_thread(self._retrieve, query_bundle)
 
     def retrieve_batch(self, queries: Sequence[str]) -> list[list[NodeWithScore]]:
         """Many queries in one core ``retrieve_batch`` call (embedded together; no callbacks)."""
-        return [self._to_nodes(hits) for hits in self._retriever.retrieve_batch(list(queries), k=self._similarity_top_k)]
+        return [_to_nodes(hits) for hits in self._retriever.retrieve_batch(list(queries), k=self._similarity_top_k)]
 
     async def aretrieve_batch(self, queries: Sequence[str]) -> list[list[NodeWithScore]]:
         return await asyncio.to_thread(self.retrieve_batch, queries)
 
 
-def _feedback_pairs(feedback: Iterable[tuple[str, FeedbackDoc]]) -> list[tuple[str, str]]:
-    if isinstance(feedback, tuple) and len(feedback) == 2 and isinstance(feedback[0], str):
-        raise TypeError("feedback must be an iterable of (question, node) pairs; wrap a single pair in a list")
-    pairs = []
-    for item in feedback:
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"feedback items must be (question, node) pairs, got {item!r}")
-        question, doc = item
-        if isinstance(doc, NodeWithScore):
-            doc = doc.node
-        if isinstance(doc, BaseNode):
-            doc = doc.node_id
-        pairs.append((question, doc))
-    return pairs
+def _record(node: BaseNode) -> dict[str, Any]:
+    """A node as a core document: its id, text and metadata, plus the rest of the node as JSON."""
+    if NODE_KEY in node.metadata:
+        raise ValueError(f"node {node.node_id!r}: the metadata key {NODE_KEY!r} is reserved")
+    text = node.get_content(metadata_mode=MetadataMode.NONE)
+    node_type = node.get_type()
+    data = node.to_dict(mode="json")
+    del data["metadata"]  # stored once, as the document's metadata
+    if data.get("text") == text:
+        data["text"] = None  # stored once, as the document's text
+    payload = {DATA_KEY: data, TYPE_KEY: getattr(node_type, "value", node_type)}
+    return {"id": node.node_id, "text": text, "metadata": {**node.metadata, NODE_KEY: payload}}
+
+
+def _node(document: softcar.Document) -> BaseNode:
+    """The node a core document was made from (a ``TextNode`` if it was indexed without one)."""
+    metadata = {key: value for key, value in document.metadata.items() if key != NODE_KEY}
+    payload = document.metadata.get(NODE_KEY)
+    if payload is None:
+        return TextNode(id_=document.id, text=document.text, metadata=copy.deepcopy(metadata))
+    # A deep copy: postprocessors may edit the returned node, never the stored document.
+    data = copy.deepcopy({**payload[DATA_KEY], "metadata": metadata})
+    if "text" in data and data["text"] is None:
+        data["text"] = document.text
+    return json_to_doc({DATA_KEY: data, TYPE_KEY: payload[TYPE_KEY]})
+
+
+def _to_nodes(hits: Sequence[softcar.ScoredDocument]) -> list[NodeWithScore]:
+    return [NodeWithScore(node=_node(hit.document), score=hit.score) for hit in hits]
+
+
+def _node_id(doc: Any) -> Any:
+    """The softcar id of a feedback node; other values go to the core's pair validation."""
+    if isinstance(doc, NodeWithScore):
+        doc = doc.node
+    return doc.node_id if isinstance(doc, BaseNode) else doc
