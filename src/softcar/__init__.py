@@ -18,6 +18,7 @@ from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
 from softcar.interface import Retriever
 from softcar.persistence import atomic_directory, jsonable, write_json, write_tensors
 from softcar.report import format_table
+from softcar.query_generation import QUESTION_PROMPT, QueryGenerator, parse_questions
 from softcar.retriever import ClassifierRetriever, TrainingSetup
 from softcar.trainer import ProgressBar, Regularizer, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.losses import ClassificationLoss
@@ -32,6 +33,8 @@ __all__ = [
     "ClassifierHead",
     "HeadAnchor",
     "ProgressBar",
+    "QUESTION_PROMPT",
+    "QueryGenerator",
     "ProximalTerm",
     "Regularizer",
     "StepTimer",
@@ -64,6 +67,7 @@ __all__ = [
     "load_retriever",
     "normalize_pairs",
     "packaged_dataset_path",
+    "parse_questions",
     "query_latency",
     "retriever_kinds",
     "run_retrieval",

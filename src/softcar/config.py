@@ -49,6 +49,10 @@ class TrainConfig(BaseModel):
     """fit: each labelled query adds this times its frozen embedding to its document's initial
     head row (a class prototype). Off by default: prototype rows capture questions about other
     documents (question rows with a calibrated offset replace them)."""
+    generation_timeout: float | None = Field(60.0, gt=0)
+    """Seconds a query generator may take per document before that document falls back to spans."""
+    round_trip_top_k: PositiveInt = 3
+    """A generated question is kept if its document is in the frozen retriever's top k for it."""
     train_adapter: bool = True
     train_head: bool = True
     update_epochs: PositiveInt = 3

@@ -70,3 +70,7 @@ class EncoderMismatchError(CheckpointError, ValueError):
 
 class DatasetError(SoftcarError, OSError):
     """A dataset folder or file is missing or malformed."""
+
+
+class QueryGenerationError(SoftcarError, RuntimeError):
+    """A query generator gave no usable question for any document."""

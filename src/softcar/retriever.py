@@ -23,6 +23,7 @@ from softcar.errors import CheckpointError, CorruptCheckpointError
 from softcar.losses import ClassificationLoss
 from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
+from softcar.query_generation import QueryGenerator, generate_questions
 from softcar.question_rows import QuestionRows
 from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, calibrate, combine
 from softcar.regularizers import HeadAnchor
@@ -136,6 +137,8 @@ class ClassifierRetriever(BaseRetriever):
         self.calibration = Calibration(hybrid_weight=scoring.hybrid_weight or scoring.default_hybrid_weight)
         """The scoring settings in force (hybrid weight, question-row offset), see softcar.scoring."""
         self._fingerprint: str | None = None
+        self.generated_questions = 0
+        """Synthetic questions kept by the last ``fit(..., query_generator=...)``."""
         self.callbacks: list[TrainerCallback] = []
         """Trainer callbacks for every training run (fit, update, add_documents), e.g. a StepTimer."""
 
@@ -235,17 +238,28 @@ class ClassifierRetriever(BaseRetriever):
         return trainer.train(setup.loader, epochs)
 
     # ------------------------------------------------------------------ fit / update / add
-    def fit(self, documents: Iterable[DocumentLike], queries: Iterable[TrainingPair] | None = None) -> Self:
+    def fit(
+        self,
+        documents: Iterable[DocumentLike],
+        queries: Iterable[TrainingPair] | None = None,
+        *,
+        query_generator: QueryGenerator | None = None,
+    ) -> Self:
         """Index ``documents`` and train adapter + head from scratch.
 
         Works with no labelled queries: spans of the documents serve as training queries.
         ``queries`` are optional ``(query_text, doc_id)`` pairs: training examples, question rows
         of their documents, and the held-out set on which the hybrid weight and question-row
         offset are calibrated (``ScoringConfig``). Documents are also indexed with BM25.
+        ``query_generator`` (any ``text -> list[str]``, e.g. an LLM) adds synthetic training
+        questions; those whose document is not in the frozen retriever's top
+        ``TrainConfig.round_trip_top_k`` are dropped, and documents it fails on keep their spans.
         """
-        return super().fit(documents, queries)
+        return super().fit(documents, queries, query_generator=query_generator)
 
-    def _fit(self, docs: list[Document], queries: Iterable[TrainingPair] | None) -> None:
+    def _fit(
+        self, docs: list[Document], queries: Iterable[TrainingPair] | None, query_generator: QueryGenerator | None = None
+    ) -> None:
         cfg = self.config.train
         torch.manual_seed(cfg.seed)
         # Start from the identity adapter: before query prototypes, a fresh fit equals inner-product search.
@@ -256,12 +270,29 @@ class ClassifierRetriever(BaseRetriever):
         self._feedback.extend(pairs)
         self._add_query_prototypes(pairs)
         examples = span_examples(self._documents, range(len(docs)), cfg, cfg.seed) + pairs * cfg.labelled_repeats
+        if query_generator is not None:
+            examples += self._generated_examples(query_generator)
         logger.info("fitting on %d documents, %d labelled pairs, %d examples", len(docs), len(pairs), len(examples))
         self._lexical.fit(docs)
         self._questions = QuestionRows(self.model.encoder.dim, self.config.scoring.max_question_rows_per_document)
         self._train(examples, cfg.epochs, "fit")
         self._remember_questions(pairs)
         self._calibrate()
+
+    def _generated_examples(self, generator: QueryGenerator) -> list[Example]:
+        """Synthetic questions that survive round-trip filtering under the (still frozen) model."""
+        cfg = self.config.train
+        report = generate_questions(generator, [d.text for d in self._documents], timeout=cfg.generation_timeout)
+        candidates = [(q, row) for row, questions in report.questions.items() for q in questions]
+        if not candidates:
+            return []
+        vectors = self._embed([q for q, _ in candidates], self.config.max_query_length, "filtering questions")
+        with torch.no_grad():
+            top = torch.topk(self.model.head(vectors), min(cfg.round_trip_top_k, len(self._documents)), dim=1).indices
+        kept = [pair for pair, ranks in zip(candidates, top.cpu().tolist()) if pair[1] in ranks]
+        logger.info("round-trip filter kept %d of %d generated questions", len(kept), len(candidates))
+        self.generated_questions = len(kept)
+        return kept
 
     def _remember_questions(self, pairs: Sequence[Example]) -> None:
         if self.config.scoring.question_rows and pairs:
