@@ -56,8 +56,13 @@ class FrozenMiniLMEmbeddings(Embeddings):
     def _embed(self, texts: list[str], max_length: int) -> list[list[float]]:
         vectors = []
         for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start : start + self.batch_size], padding=True, truncation=True,
-                                   max_length=max_length, return_tensors="pt")
+            batch = self.tokenizer(
+                texts[start : start + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -82,12 +87,14 @@ def load_data(path: str | None) -> tuple[str, BeirDataset]:
     return folder.name, load_beir(folder)
 
 
-def hit_rate_and_mrr(retriever: BaseRetriever, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
+def hit_rate_and_mrr(
+    retriever: BaseRetriever, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, float]:
     """Same definitions as LlamaIndex's HitRate / MRR: any relevant doc in the top k; 1/rank of the first."""
     qids = list(queries)
     results = retriever.batch([queries[q] for q in qids])
     hits = mrr = 0.0
-    for qid, docs in zip(qids, results):
+    for qid, docs in zip(qids, results, strict=True):
         relevant = {d for d, rel in qrels[qid].items() if rel > 0}
         rank = next((i for i, doc in enumerate(docs, 1) if doc.id in relevant), None)
         hits += rank is not None
@@ -106,7 +113,9 @@ def extractive_llm(prompt: PromptValue) -> AIMessage:
     return AIMessage(content=context.splitlines()[0][:160])
 
 
-PROMPT = ChatPromptTemplate.from_messages([("human", "Answer using the context.\nContext:\n{context}\n\nQuestion: {question}")])
+PROMPT = ChatPromptTemplate.from_messages(
+    [("human", "Answer using the context.\nContext:\n{context}\n\nQuestion: {question}")]
+)
 
 
 def rag_chain(retriever: BaseRetriever) -> Any:
@@ -123,7 +132,9 @@ def rag_chain(retriever: BaseRetriever) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a BEIR folder (default: the packaged chatterbot_qa set)")
-    parser.add_argument("--epochs", type=int, default=2, help="softcar training epochs (default 2: under 2 minutes on 2 CPU cores)")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="softcar training epochs (default 2: under 2 minutes on 2 CPU cores)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     hf_logging.disable_progress_bar()
@@ -132,8 +143,10 @@ def main() -> None:
     test_queries, test_qrels = data.split("test")
     train_pairs = data.training_pairs("train") if "train" in data.qrels else None
     documents = [Document(id=d.id, page_content=d.text, metadata=d.metadata) for d in data.corpus]
-    print(f"{name}: {len(documents)} documents, {len(train_pairs or [])} training questions, "
-          f"{len(test_queries)} held-out test questions")
+    print(
+        f"{name}: {len(documents)} documents, {len(train_pairs or [])} training questions, "
+        f"{len(test_queries)} held-out test questions"
+    )
 
     # 1. The retriever a LangChain app would otherwise use: a vector store over frozen MiniLM.
     start = time.perf_counter()
@@ -175,8 +188,11 @@ def main() -> None:
         if before not in relevant:
             softcar_retriever.update([(question, sorted(relevant)[0])])
             after = softcar_retriever.invoke(question, k=1)[0].id
-            print(f"\nfeedback on {question!r}: top source {before} -> {after} (relevant: {', '.join(sorted(relevant))})")
+            print(
+                f"\nfeedback on {question!r}: top source {before} -> {after} (relevant: {', '.join(sorted(relevant))})"
+            )
             break
+
 
 if __name__ == "__main__":
     main()

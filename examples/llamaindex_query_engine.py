@@ -101,21 +101,27 @@ def qa_dataset(data: BeirDataset, split: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a BEIR folder (default: the packaged chatterbot_qa set)")
-    parser.add_argument("--epochs", type=int, default=2, help="softcar training epochs (default 2: under 2 minutes on 2 CPU cores)")
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="softcar training epochs (default 2: under 2 minutes on 2 CPU cores)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     hf_logging.disable_progress_bar()
 
     name, data = load_data(args.data)
     train, test = qa_dataset(data, "train"), qa_dataset(data, "test")
-    print(f"{name}: {len(train['corpus'])} documents, {len(train['queries'])} training questions, "
-          f"{len(test['queries'])} held-out test questions")
+    print(
+        f"{name}: {len(train['corpus'])} documents, {len(train['queries'])} training questions, "
+        f"{len(test['queries'])} held-out test questions"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         # 1. The retriever a LlamaIndex app would otherwise use: VectorStoreIndex over frozen MiniLM.
         # Metadata kept out of the embedded text, so both retrievers see exactly the same text.
-        nodes = [TextNode(id_=d.id, text=d.text, metadata=d.metadata, excluded_embed_metadata_keys=list(d.metadata))
-                 for d in data.corpus]
+        nodes = [
+            TextNode(id_=d.id, text=d.text, metadata=d.metadata, excluded_embed_metadata_keys=list(d.metadata))
+            for d in data.corpus
+        ]
         start = time.perf_counter()
         index = VectorStoreIndex(nodes, embed_model=FrozenMiniLMEmbedding())
         print(f"VectorStoreIndex (frozen MiniLM) built in {time.perf_counter() - start:.1f}s")
@@ -151,7 +157,10 @@ def main() -> None:
         print(f"\nQ: {question}   (relevant: {', '.join(sorted(relevant))})")
         for label, engine in engines.items():
             response = engine.query(question)
-            marks = [f"{n.node.node_id}{'*' if n.node.node_id in relevant else ''} ({n.score:.2f})" for n in response.source_nodes]
+            marks = [
+                f"{n.node.node_id}{'*' if n.node.node_id in relevant else ''} ({n.score:.2f})"
+                for n in response.source_nodes
+            ]
             print(f"  {label:12s} sources: {', '.join(marks)}")
             top = " ".join(response.source_nodes[0].node.get_content().split())[:140]
             print(f"  {'':12s} context the LLM saw first: {top}")

@@ -203,7 +203,7 @@ class ClassifierRetriever(BaseRetriever):
             kwargs = dict(kwargs)
             k = self._k(kwargs.pop("k", None), kwargs)
             return dict(zip(queries, self.retriever.retrieve_batch(list(queries), k=k), strict=True)) if queries else {}
-        except Exception:  # noqa: BLE001 - re-raised per input by invoke
+        except Exception:  # each input's invoke raises it again, with its callbacks
             return {}
 
     def _k(self, k: int | None, kwargs: dict[str, Any]) -> int:
@@ -215,8 +215,10 @@ class ClassifierRetriever(BaseRetriever):
 
 def _record(doc: Document, default_id: str | None = None) -> dict[str, Any]:
     """A LangChain ``Document`` as a core document record (the core assigns an id if none)."""
-    doc_id = doc.id if doc.id is not None else default_id
-    return {"text": doc.page_content, "metadata": dict(doc.metadata), **({"id": doc_id} if doc_id is not None else {})}
+    record: dict[str, Any] = {"text": doc.page_content, "metadata": dict(doc.metadata)}
+    if doc.id is not None or default_id is not None:
+        record["id"] = doc.id if doc.id is not None else default_id
+    return record
 
 
 def _document_id(doc: Any) -> Any:

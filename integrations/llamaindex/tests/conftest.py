@@ -66,5 +66,7 @@ def shared_li(tiny_encoder: str) -> ClassifierRetriever:
     fast = TrainConfig(epochs=1, batch_size=8, pseudo_queries_per_document=2, show_progress=False)
     return ClassifierRetriever.from_nodes(
         [TextNode(id_=k, text=v, metadata={"topic": k}) for k, v in TEXTS.items()],
-        similarity_top_k=3, encoder=tiny_encoder, config=fast,
+        similarity_top_k=3,
+        encoder=tiny_encoder,
+        config=fast,
     )

@@ -141,8 +141,11 @@ def test_from_documents_whole_or_chunked(tiny_encoder: str, fast: TrainConfig) -
     whole = ClassifierRetriever.from_documents(docs, similarity_top_k=5, encoder=tiny_encoder, config=fast)
     assert sorted(ids(whole.retrieve("threads"))) == ["a", "b"]
     chunked = ClassifierRetriever.from_documents(
-        docs, similarity_top_k=5, transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0)],
-        encoder=tiny_encoder, config=fast,
+        docs,
+        similarity_top_k=5,
+        transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0)],
+        encoder=tiny_encoder,
+        config=fast,
     )
     chunks = chunked.retrieve("threads")
     assert len(chunked.retriever.documents) > 3  # the long document became several nodes
@@ -153,7 +156,8 @@ def test_finetune_dataset_in_all_its_shapes(
     tiny_encoder: str, fast: TrainConfig, nodes: list[TextNode], qa_dataset: dict, tmp_path: Path
 ) -> None:
     assert sorted(training_pairs(qa_dataset)) == sorted(
-        (q, docs[0]) for q, docs in zip(qa_dataset["queries"].values(), qa_dataset["relevant_docs"].values())
+        (q, docs[0])
+        for q, docs in zip(qa_dataset["queries"].values(), qa_dataset["relevant_docs"].values(), strict=True)
     )
 
     class EmbeddingQAFinetuneDataset(BaseModel):  # same fields as LlamaIndex's class
@@ -177,8 +181,12 @@ def test_finetune_dataset_in_all_its_shapes(
 
 def test_training_on_the_dataset_helps_its_queries(tiny_encoder: str, nodes: list[TextNode], qa_dataset: dict) -> None:
     """Labelled pairs from the dataset are really used: hit rate@1 reaches 1 on them."""
-    config = TrainConfig(epochs=15, batch_size=8, pseudo_queries_per_document=1, labelled_repeats=4, show_progress=False)
-    li = ClassifierRetriever.from_nodes(nodes, similarity_top_k=1, queries=qa_dataset, encoder=tiny_encoder, config=config)
+    config = TrainConfig(
+        epochs=15, batch_size=8, pseudo_queries_per_document=1, labelled_repeats=4, show_progress=False
+    )
+    li = ClassifierRetriever.from_nodes(
+        nodes, similarity_top_k=1, queries=qa_dataset, encoder=tiny_encoder, config=config
+    )
     assert evaluate_retriever(li, qa_dataset) == {"hit_rate": 1.0, "mrr": 1.0}
 
 

@@ -46,7 +46,7 @@ async def test_rag_chain_async_and_batched(shared_core: CoreRetriever) -> None:
     chain = rag_chain(retriever, ParrotFakeChatModel())
     questions = ["floating point decimal fractions", "immutable strings as dictionary keys"]
     answers = await chain.abatch(questions)
-    for question, answer in zip(questions, answers):
+    for question, answer in zip(questions, answers, strict=True):
         top = retriever.invoke(question)[0]
         assert f"[{top.id}]" in answer and question in answer
     assert await chain.ainvoke(questions[0]) == answers[0]
@@ -58,7 +58,10 @@ def test_chain_returns_answer_with_sources_and_feeds_back(fresh_core: CoreRetrie
     retriever = ClassifierRetriever(retriever=fresh_core, k=2)
     llm = FakeListChatModel(responses=["Use multiprocessing."])
     chain = RunnableParallel(
-        answer={"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT | llm | StrOutputParser(),
+        answer={"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | PROMPT
+        | llm
+        | StrOutputParser(),
         sources=retriever,
     )
     question = "my CPU-bound workers are slow in parallel"
@@ -74,8 +77,10 @@ def test_chain_returns_answer_with_sources_and_feeds_back(fresh_core: CoreRetrie
 def test_packaged_minilm_in_a_chain_finds_the_right_answer() -> None:
     """End to end on the real packaged all-MiniLM-L6-v2 (no tiny model)."""
     texts = {
-        "gil": "The global interpreter lock (GIL) lets only one thread run Python bytecode at a time; use multiprocessing for CPU-bound work.",
-        "float": "Decimal fractions such as 0.1 have no exact binary floating-point representation, so 0.1 + 0.2 != 0.3.",
+        "gil": "The global interpreter lock (GIL) lets only one thread run Python bytecode at a time; "
+        "use multiprocessing for CPU-bound work.",
+        "float": "Decimal fractions such as 0.1 have no exact binary floating-point representation, "
+        "so 0.1 + 0.2 != 0.3.",
         "venv": "A virtual environment is a folder with its own interpreter and site-packages: python -m venv .venv.",
         "immutable": "Strings and tuples are immutable, so they are hashable and can be dictionary keys.",
     }

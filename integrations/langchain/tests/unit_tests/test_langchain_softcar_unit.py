@@ -99,7 +99,12 @@ def test_from_documents_and_from_texts(tiny_encoder: str, texts: dict[str, str])
 
     fast = TrainConfig(epochs=1, batch_size=8, pseudo_queries_per_document=2, show_progress=False)
     lc = ClassifierRetriever.from_texts(
-        list(texts.values()), metadatas=[{"src": k} for k in texts], ids=list(texts), k=2, encoder=tiny_encoder, config=fast
+        list(texts.values()),
+        metadatas=[{"src": k} for k in texts],
+        ids=list(texts),
+        k=2,
+        encoder=tiny_encoder,
+        config=fast,
     )
     assert {d.id for d in lc.retriever.documents} == set(texts)
     docs = lc.invoke(QUERY)
@@ -123,7 +128,9 @@ def test_from_documents_and_from_texts(tiny_encoder: str, texts: dict[str, str])
 def test_wraps_the_baselines(tiny_encoder: str, texts: dict[str, str]) -> None:
     bm25 = ClassifierRetriever.from_texts(list(texts.values()), ids=list(texts), retriever=BM25Retriever(), k=1)
     assert ids(bm25.invoke("the global interpreter lock and threads")) == ["gil"]
-    dense = ClassifierRetriever.from_texts(list(texts.values()), ids=list(texts), retriever=InnerProductRetriever(tiny_encoder))
+    dense = ClassifierRetriever.from_texts(
+        list(texts.values()), ids=list(texts), retriever=InnerProductRetriever(tiny_encoder)
+    )
     assert len(dense.invoke(QUERY)) == 4
     with pytest.raises(NotImplementedError, match="feedback"):
         bm25.update([("q", "gil")])
@@ -207,7 +214,10 @@ async def test_async_calls_do_not_block_the_event_loop(shared_core: CoreRetrieve
             await asyncio.sleep(0.01)
             ticks += 1
 
-    with mock.patch.object(shared_core, "retrieve", slow_retrieve), mock.patch.object(shared_core, "retrieve_batch", slow_batch):
+    with (
+        mock.patch.object(shared_core, "retrieve", slow_retrieve),
+        mock.patch.object(shared_core, "retrieve_batch", slow_batch),
+    ):
         task = asyncio.create_task(ticker())
         docs = await lc.ainvoke(QUERY)
         after_invoke = ticks
@@ -261,7 +271,9 @@ async def test_aupdate_runs_off_the_loop(fresh_core: CoreRetriever) -> None:
 
 def test_add_documents_then_retrieve(fresh_core: CoreRetriever) -> None:
     lc = ClassifierRetriever(retriever=fresh_core, k=10)
-    added = lc.add_documents([Document(id="walrus", page_content="The walrus operator := assigns inside an expression.")])
+    added = lc.add_documents(
+        [Document(id="walrus", page_content="The walrus operator := assigns inside an expression.")]
+    )
     assert added == ["walrus"]
     assert "walrus" in ids(lc.invoke("what does := do"))
 
