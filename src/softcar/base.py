@@ -73,15 +73,12 @@ class BaseRetriever(ABC):
         self._row_of = {}
 
     # ------------------------------------------------------------------ indexing
-    def fit(
-        self, documents: Iterable[DocumentLike], queries: Iterable[TrainingPair] | None = None, **options: Any
-    ) -> Self:
-        """Index ``documents`` from scratch (``queries``: optional ``(query, doc_id)`` pairs;
-        ``options``: what the subclass's ``_fit`` accepts)."""
+    def fit(self, documents: Iterable[DocumentLike], queries: Iterable[TrainingPair] | None = None) -> Self:
+        """Index ``documents`` from scratch (``queries``: optional ``(query, doc_id)`` pairs)."""
         docs = coerce_documents(documents)
         with self._lock:
             self._clear_store()
-            self._fit(docs, queries, **options)
+            self._fit(docs, queries)
         return self
 
     def add_documents(self, documents: Iterable[DocumentLike]) -> list[str]:

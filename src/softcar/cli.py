@@ -110,7 +110,7 @@ def eval_(
 ) -> None:
     """Recall@1/5/10, MRR@10, nDCG@10 and query latency of MODEL on DATA's SPLIT."""
     _setup(quiet)
-    from softcar import BM25Retriever, InnerProductRetriever, load_retriever
+    from softcar import BaseRetriever, BM25Retriever, InnerProductRetriever, load_retriever
     from softcar.data import load_beir
     from softcar.errors import SoftcarError
     from softcar.evaluation import evaluate, query_latency
@@ -119,6 +119,7 @@ def eval_(
     try:
         dataset = load_beir(data)
         queries, qrels = dataset.split(split)
+        retriever: BaseRetriever
         if model == "bm25":
             retriever = BM25Retriever().fit(dataset.corpus)
         elif model == "inner-product":

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -106,7 +106,7 @@ class SoftEncoder(nn.Module):
     def __init__(self, model: PreTrainedModel, config: RetrieverConfig) -> None:
         super().__init__()
         self.model = model
-        self.dim = int(model.get_input_embeddings().embedding_dim)
+        self.dim = int(cast(nn.Embedding, model.get_input_embeddings()).embedding_dim)
         self.adapter = build_adapter(config.adapter, self.dim, config.adapter_hidden)
         pooling = config.pooling
         if pooling == "auto":

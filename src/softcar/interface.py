@@ -33,4 +33,11 @@ class Retriever(Protocol):
     def save(self, path: str | os.PathLike[str]) -> None: ...
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self: ...
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: str | os.PathLike[str] | None = None,
+        *,
+        device: str | None = None,
+        show_progress: bool | None = None,
+    ) -> Self: ...

@@ -17,7 +17,7 @@ from typing_extensions import Self
 from softcar.baselines import BM25Retriever
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringConfig, TrainConfig
-from softcar.documents import Document, DocumentLike
+from softcar.documents import Document, DocumentLike, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError
 from softcar.losses import ClassificationLoss
@@ -255,7 +255,11 @@ class ClassifierRetriever(BaseRetriever):
         questions; those whose document is not in the frozen retriever's top
         ``TrainConfig.round_trip_top_k`` are dropped, and documents it fails on keep their spans.
         """
-        return super().fit(documents, queries, query_generator=query_generator)
+        docs = coerce_documents(documents)
+        with self._lock:
+            self._clear_store()
+            self._fit(docs, queries, query_generator)
+        return self
 
     def _fit(
         self, docs: list[Document], queries: Iterable[TrainingPair] | None, query_generator: QueryGenerator | None = None
@@ -468,7 +472,7 @@ class ClassifierRetriever(BaseRetriever):
         overrides: dict[str, Any] = {}
         if "encoder" in options:
             overrides["encoder"] = os.fspath(options["encoder"])
-        train = {k: options[k] for k in ("device", "show_progress") if k in options}
+        train: dict[str, Any] = {k: options[k] for k in ("device", "show_progress") if k in options}
         if train:
             overrides["train"] = config.train.model_copy(update=train)
         self = cls.from_config(config.model_copy(update=overrides))

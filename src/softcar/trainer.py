@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -193,7 +193,7 @@ class Trainer:
         result = TrainResult()
         if epochs <= 0:
             return result
-        total = epochs * len(batches) if hasattr(batches, "__len__") else 0
+        total = epochs * len(batches) if isinstance(batches, Sized) else 0
         for parameter in self.parameters:
             parameter.requires_grad_(True)
         started = time.perf_counter()
