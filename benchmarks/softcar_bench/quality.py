@@ -79,9 +79,6 @@ def variants(epochs: int) -> dict[str, Any]:
         "  − adapter training (head only)": lambda: ClassifierRetriever(
             config=train.model_copy(update={"train_adapter": False})
         ),
-        "  − head training (adapter only)": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"train_head": False})
-        ),
     }
 
 
@@ -90,7 +87,7 @@ ABLATIONS_ON = ("chatterbot-B", "debian-transfer")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default="chatterbot-B,chatterbot-A,faq-B,faq-A,debian-transfer")
+    parser.add_argument("--settings", default="debian-transfer,chatterbot-B,faq-B,chatterbot-A,faq-A")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--debian-docs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
