@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from langchain_softcar.retrievers import ClassifierRetriever
+from langchain_softcar.retrievers import ClassifierRetriever, question_generator
 
 try:
     __version__ = metadata.version("langchain-softcar")
 except metadata.PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0"
 
-__all__ = ["ClassifierRetriever", "__version__"]
+__all__ = ["ClassifierRetriever", "__version__", "question_generator"]

@@ -15,6 +15,8 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
+from langchain_core.language_models import BaseLanguageModel
+from langchain_core.messages import BaseMessage
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from pydantic import ConfigDict, Field, field_validator
@@ -95,6 +97,8 @@ class ClassifierRetriever(BaseRetriever):
         *,
         retriever: Any = None,
         queries: Iterable[tuple[str, str]] | None = None,
+        llm: BaseLanguageModel | None = None,
+        questions_per_document: int = 3,
         **retriever_kwargs: Any,
     ) -> Self:
         """Fit a softcar retriever on LangChain documents and wrap it.
@@ -103,12 +107,19 @@ class ClassifierRetriever(BaseRetriever):
         unfitted softcar retriever to fit (e.g. ``softcar.BM25Retriever()``); default
         ``softcar.ClassifierRetriever(**retriever_kwargs)`` (``encoder=``, ``adapter=``,
         ``config=softcar.TrainConfig(...)``, ...). ``queries``: labelled ``(question, doc_id)`` pairs.
+        ``llm``: a chat model or LLM that writes ``questions_per_document`` training questions per
+        document (``softcar.QUESTION_PROMPT``); questions that do not lead back to their document
+        are dropped, and documents it fails on keep their text spans.
         """
         if retriever is None:
             retriever = softcar.ClassifierRetriever(**retriever_kwargs)
         elif retriever_kwargs:
             raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
-        retriever.fit([_record(doc, str(i)) for i, doc in enumerate(documents)], queries=queries)
+        records = [_record(doc, str(i)) for i, doc in enumerate(documents)]
+        if llm is None:
+            retriever.fit(records, queries=queries)
+        else:
+            retriever.fit(records, queries=queries, query_generator=question_generator(llm, questions_per_document))
         return cls(retriever=retriever, k=k)
 
     @classmethod
@@ -211,6 +222,17 @@ class ClassifierRetriever(BaseRetriever):
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
         return softcar.validate_k(self.k if k is None else k)
+
+
+def question_generator(llm: BaseLanguageModel, count: int = 3) -> softcar.QueryGenerator:
+    """A softcar query generator backed by a LangChain chat model or LLM."""
+
+    def generate(text: str) -> list[str]:
+        reply = llm.invoke(softcar.QUESTION_PROMPT.format(count=count, text=text))
+        content = reply.content if isinstance(reply, BaseMessage) else reply
+        return softcar.parse_questions(content if isinstance(content, str) else str(content), limit=count)
+
+    return generate
 
 
 def _record(doc: Document, default_id: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llama_index.retrievers.softcar.base import ClassifierRetriever
+from llama_index.retrievers.softcar.base import ClassifierRetriever, question_generator
 from llama_index.retrievers.softcar.dataset import finetune_dataset_parts, training_pairs
 from llama_index.retrievers.softcar.evaluation import aevaluate_retriever, evaluate_retriever
 
@@ -11,5 +11,6 @@ __all__ = [
     "aevaluate_retriever",
     "evaluate_retriever",
     "finetune_dataset_parts",
+    "question_generator",
     "training_pairs",
 ]

@@ -24,6 +24,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.constants import DATA_KEY, TYPE_KEY
 from llama_index.core.ingestion import run_transformations
+from llama_index.core.llms import LLM
 from llama_index.core.schema import (
     BaseNode,
     IndexNode,
@@ -130,6 +131,8 @@ class ClassifierRetriever(BaseRetriever):
         *,
         retriever: Any = None,
         queries: Any = None,
+        llm: LLM | None = None,
+        questions_per_node: int = 3,
         callback_manager: CallbackManager | None = None,
         **retriever_kwargs: Any,
     ) -> Self:
@@ -143,6 +146,9 @@ class ClassifierRetriever(BaseRetriever):
                 default: ``softcar.ClassifierRetriever(**retriever_kwargs)``.
             queries: optional labelled training data: ``(question, node_id)`` pairs or an
                 ``EmbeddingQAFinetuneDataset`` (object, dict or JSON path) over these nodes.
+            llm: a LlamaIndex ``LLM`` that writes ``questions_per_node`` training questions per
+                node (``softcar.QUESTION_PROMPT``); questions that do not lead back to their
+                node are dropped, and nodes it fails on keep their text spans.
             **retriever_kwargs: ``softcar.ClassifierRetriever`` arguments (``encoder``,
                 ``adapter``, ``config=softcar.TrainConfig(...)``, ...).
         """
@@ -151,7 +157,11 @@ class ClassifierRetriever(BaseRetriever):
         elif retriever_kwargs:
             raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
         pairs = training_pairs(queries) if is_finetune_dataset(queries) else queries
-        retriever.fit([_record(node) for node in nodes], queries=pairs)
+        records = [_record(node) for node in nodes]
+        if llm is None:
+            retriever.fit(records, queries=pairs)
+        else:
+            retriever.fit(records, queries=pairs, query_generator=question_generator(llm, questions_per_node))
         return cls(retriever, similarity_top_k, callback_manager=callback_manager)
 
     @classmethod
@@ -275,3 +285,13 @@ def _node_id(doc: Any) -> Any:
     if isinstance(doc, NodeWithScore):
         doc = doc.node
     return doc.node_id if isinstance(doc, BaseNode) else doc
+
+
+def question_generator(llm: LLM, count: int = 3) -> softcar.QueryGenerator:
+    """A softcar query generator backed by a LlamaIndex ``LLM`` (``complete``)."""
+
+    def generate(text: str) -> list[str]:
+        reply = llm.complete(softcar.QUESTION_PROMPT.format(count=count, text=text))
+        return softcar.parse_questions(reply.text, limit=count)
+
+    return generate
