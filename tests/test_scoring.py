@@ -75,3 +75,9 @@ def test_fixed_scoring_settings_are_respected(tiny_bert: str, corpus: list[Docum
     retriever = ClassifierRetriever(tiny_bert, config=TrainConfig(epochs=0, show_progress=False), scoring=scoring)
     retriever.fit(corpus, queries=pairs)
     assert retriever.calibration.hybrid_weight == 0.3 and retriever.calibration.question_offset == 0.1
+
+
+def test_stopword_only_query_is_scored(tiny_bert: str, corpus: list[Document]) -> None:
+    """BM25 has no terms for "what is it"; fusion must still answer (bm25s raises on no tokens)."""
+    retriever = ClassifierRetriever(tiny_bert, config=FAST, scoring=ScoringConfig(hybrid_weight=0.5)).fit(corpus)
+    assert len(retriever.retrieve("what is it", k=3)) == 3

@@ -160,7 +160,8 @@ class BM25Retriever(BaseRetriever):
             require_fitted(self._documents, "BM25Retriever")
             assert self._index is not None
             tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False, return_ids=False)
-            return torch.from_numpy(np.stack([self._index.get_scores(t) for t in tokens]).astype(np.float32))
+            empty = np.zeros(len(self._documents), dtype=np.float32)  # a query of stopwords only
+            return torch.from_numpy(np.stack([self._index.get_scores(t) if t else empty for t in tokens]).astype(np.float32))
 
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._index is not None

@@ -26,7 +26,14 @@ class Document(BaseModel):
 
 
 class ScoredDocument(BaseModel):
-    """One retrieval hit: the document and its score (higher is better)."""
+    """One retrieval hit: the document and its score (higher is better).
+
+    What the score is depends on the retriever: a cosine inner product (``InnerProductRetriever``),
+    a BM25 score (``BM25Retriever``), or for ``ClassifierRetriever`` the head's inner product
+    raised by question rows and, when BM25 fusion is on (``calibration.hybrid_weight > 0``), the
+    fused ``α · z(bm25) + (1 - α) · z(soft)`` with scores standardised per query, so it is
+    comparable between the hits of one query, not across queries.
+    """
 
     model_config = ConfigDict(frozen=True)
 
