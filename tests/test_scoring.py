@@ -10,7 +10,7 @@ import torch
 from softcar import ClassifierRetriever, Document, ScoringConfig, TrainConfig
 from softcar.errors import CorruptCheckpointError
 from softcar.question_rows import QuestionRows
-from softcar.scoring import Calibration, calibrate, combine, zscore
+from softcar.scoring import Calibration, HeldOut, calibrate, combine, zscore
 from tests.conftest import FAST
 from tests.test_retriever import QUESTIONS, ranking
 
@@ -30,8 +30,8 @@ def test_calibration_refuses_rows_that_steal_other_documents_questions() -> None
     soft = torch.eye(4) * 0.6 + 0.1  # the head alone ranks every question right
     stolen = torch.full((4, 4), float("-inf"))
     stolen[torch.arange(4), (labels + 1) % 4] = 0.95  # a similar question of the next document
-    chosen = calibrate(soft, stolen, None, labels)
-    assert chosen.leave_one_out_recall == 1.0
+    chosen = calibrate(HeldOut(soft, stolen, None, labels))  # no document has feedback: coverage 0
+    assert chosen.unseen_recall == 1.0
     assert torch.equal(combine(soft, stolen, None, chosen).argmax(1), labels)
     assert not torch.equal(combine(soft, stolen, None, Calibration(question_offset=0.0)).argmax(1), labels)
 
@@ -40,8 +40,19 @@ def test_calibration_learns_the_hybrid_weight() -> None:
     labels = torch.arange(5)
     soft = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))  # uninformative
     lexical = torch.eye(5) * 3.0  # BM25 is right
-    assert calibrate(soft, None, lexical, labels).hybrid_weight > 0
-    assert calibrate(lexical, None, soft, labels).hybrid_weight == 0.0
+    assert calibrate(HeldOut(soft, None, lexical, labels)).hybrid_weight > 0
+    assert calibrate(HeldOut(lexical, None, soft, labels)).hybrid_weight == 0.0
+
+
+def test_calibration_uses_rows_when_every_document_has_feedback() -> None:
+    """Full coverage: new questions are rewordings of known ones, where rows help."""
+    labels = torch.arange(4)
+    soft = torch.full((4, 4), 0.5) + 0.01 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((4, 4), float("-inf"))
+    own_rows[torch.arange(4), labels] = 0.9  # a reworded question finds its original
+    hidden = torch.full((4, 4), float("-inf"))  # leave-one-out: nothing left
+    chosen = calibrate(HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels), coverage=1.0)
+    assert chosen.question_offset is not None and chosen.expected_recall == 1.0
 
 
 def test_zscore_and_combine_without_extras() -> None:

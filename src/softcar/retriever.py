@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
 from softcar.query_generation import QueryGenerator, generate_questions
 from softcar.question_rows import QuestionRows
-from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, calibrate, combine
+from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, HeldOut, calibrate, combine, reword
 from softcar.regularizers import HeadAnchor
 from softcar.trainer import ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
 from softcar.training_data import (
@@ -308,6 +309,21 @@ class ClassifierRetriever(BaseRetriever):
         if len(self._questions):
             self._questions.vectors = self._embed(self._questions.texts, self.config.max_query_length).cpu()
 
+    def _held_out(self, texts: list[str], labels: torch.Tensor, hide: list[int] | None, lexical: bool) -> HeldOut:
+        """Scores of ``texts`` as new questions; ``hide[i]`` is a question row kept from text i."""
+        vectors = self._embed(texts, self.config.max_query_length)
+        with torch.no_grad():
+            soft = self.model.head(vectors).cpu()
+        question_best = None
+        if self.config.scoring.question_rows and len(self._questions):
+            question_best = self._questions.best_per_document(vectors, len(self._documents)).cpu()
+            hidden = [i for i, row in enumerate(hide or []) if row >= 0]
+            if hidden:
+                question_best[hidden] = self._questions.best_per_document(
+                    vectors[hidden], len(self._documents), torch.tensor([hide[i] for i in hidden])  # type: ignore[index]
+                ).cpu()
+        return HeldOut(soft, question_best, self._lexical.score_all(texts) if lexical else None, labels)
+
     def _calibrate(self) -> None:
         """Choose hybrid weight and question-row offset on the feedback (softcar.scoring)."""
         scoring = self.config.scoring
@@ -319,25 +335,18 @@ class ClassifierRetriever(BaseRetriever):
                 question_offset=scoring.question_offset if scoring.question_rows else None,
             )
             return
-        texts = [text for text, _ in pairs]
-        vectors = self._embed(texts, self.config.max_query_length)
-        with torch.no_grad():
-            soft = self.model.head(vectors)
-        question_best = None
-        if scoring.question_rows and len(self._questions):
-            # Hide each question's own row (same text, same document): leave-one-out.
-            own = {(t, int(r)): i for i, (t, r) in enumerate(zip(self._questions.texts, self._questions.rows))}
-            exclude = torch.tensor([own.get((t, r), -1) for t, r in pairs])
-            question_best = self._questions.best_per_document(vectors, len(self._documents), None)
-            hidden = exclude >= 0
-            if hidden.any():
-                question_best[hidden] = self._questions.best_per_document(
-                    vectors[hidden], len(self._documents), exclude[hidden]
-                )
-        lexical = self._lexical.score_all(texts) if fixed_alpha != 0 else None
         labels = torch.tensor([row for _, row in pairs])
+        use_lexical = fixed_alpha != 0
+        # Questions about documents without feedback: each question's own row hidden.
+        texts = [text for text, _ in pairs]
+        own = {(t, int(r)): i for i, (t, r) in enumerate(zip(self._questions.texts, self._questions.rows.tolist()))}
+        unseen = self._held_out(texts, labels, [own.get(pair, -1) for pair in pairs], use_lexical)
+        # Rewordings of known questions: perturbed copies, every row visible.
+        rng = random.Random(self.config.train.seed)
+        seen = self._held_out([reword(t, rng) for t in texts], labels, None, use_lexical)
+        coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0
         self.calibration = calibrate(
-            soft.cpu(), None if question_best is None else question_best.cpu(), lexical, labels,
+            unseen, seen if unseen.question_best is not None else None, coverage,
             hybrid_grid=HYBRID_GRID if fixed_alpha is None else (fixed_alpha,),
             offset_grid=OFFSET_GRID if scoring.question_offset is None else (scoring.question_offset,),
             tolerance=scoring.calibration_tolerance,
