@@ -76,6 +76,12 @@ def variants(epochs: int) -> dict[str, Any]:
         "softcar now, untrained (epochs=0)": lambda: ClassifierRetriever(config=train.model_copy(update={"epochs": 0})),
         "  − BM25 fusion": lambda: ClassifierRetriever(config=train, scoring=ScoringConfig(hybrid_weight=0.0)),
         "  − question rows": lambda: ClassifierRetriever(config=train, scoring=ScoringConfig(question_rows=False)),
+        "  − BM25 fusion, untrained": lambda: ClassifierRetriever(
+            config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(hybrid_weight=0.0)
+        ),
+        "  − question rows, untrained": lambda: ClassifierRetriever(
+            config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(question_rows=False)
+        ),
         "  − adapter training (head only)": lambda: ClassifierRetriever(
             config=train.model_copy(update={"train_adapter": False})
         ),
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--debian-docs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", default="", help="Comma-separated retriever names to run (default: all).")
     parser.add_argument("--skip", default="", help="Comma-separated retriever names not to run (resuming a run).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, build in variants(args.epochs).items():
             if setting not in ABLATIONS_ON and (name.startswith("  ") or "untrained" in name):
                 continue
-            if f"{setting}:{name.strip()}" in skip:
+            if f"{setting}:{name.strip()}" in skip or (args.only and name.strip() not in args.only.split(",")):
                 continue
             t = time.perf_counter()
             retriever = build().fit(corpus, queries=pairs or None)
