@@ -97,19 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--debian-docs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", default="", help="Comma-separated retriever names to run (default: all).")
-    parser.add_argument("--skip", default="", help="Comma-separated retriever names not to run (resuming a run).")
+    parser.add_argument("--only", default="", help="Semicolon-separated retriever names to run (default: all).")
+    parser.add_argument("--skip", default="", help="Semicolon-separated setting:retriever names not to run (resuming a run).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    skip = {name.strip() for name in args.skip.split(";") if name.strip()}
     for setting in args.settings.split(","):
         corpus, pairs, (queries, qrels) = setting_data(setting, args.debian_docs)
         for name, build in variants(args.epochs).items():
             if setting not in ABLATIONS_ON and (name.startswith("  ") or "untrained" in name):
                 continue
-            if f"{setting}:{name.strip()}" in skip or (args.only and name.strip() not in args.only.split(",")):
+            if f"{setting}:{name.strip()}" in skip or (args.only and name.strip() not in args.only.split(";")):
                 continue
             t = time.perf_counter()
             retriever = build().fit(corpus, queries=pairs or None)
