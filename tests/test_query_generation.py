@@ -13,7 +13,9 @@ from tests.conftest import FAST
 
 
 def test_parse_questions_strips_numbering_and_junk() -> None:
-    reply = "1. What is the GIL?\n- why are threads slow in python\n\nok\nQ3: How do I use all cores?\n1. What is the GIL?"
+    reply = (
+        "1. What is the GIL?\n- why are threads slow in python\n\nok\nQ3: How do I use all cores?\n1. What is the GIL?"
+    )
     assert parse_questions(reply) == ["What is the GIL?", "why are threads slow in python", "How do I use all cores?"]
 
 

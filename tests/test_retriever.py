@@ -64,7 +64,9 @@ def test_labelled_queries_become_row_prototypes(tiny_bert: str, corpus: list[Doc
         own = {h.document.id: h.score for h in retriever.retrieve(question, k=len(corpus))}[doc.id]
         before = {h.document.id: h.score for h in frozen.retrieve(question, k=len(corpus))}[doc.id]
         assert own > before
-    off = ClassifierRetriever(tiny_bert, config=config.model_copy(update={"query_prototype_weight": 0.0}), scoring=SOFT_ONLY)
+    off = ClassifierRetriever(
+        tiny_bert, config=config.model_copy(update={"query_prototype_weight": 0.0}), scoring=SOFT_ONLY
+    )
     off.fit(corpus, queries=pairs)
     assert [[d for d, _ in r] for r in ranking(off)] == [[d for d, _ in r] for r in ranking(frozen)]
 
@@ -128,7 +130,9 @@ def test_retrieve_batch_matches_retrieve(fitted: ClassifierRetriever) -> None:
 
 
 def test_add_documents_retrievable_at_once(fitted: ClassifierRetriever) -> None:
-    new = Document(id="walrus", text="Assignment expressions use the walrus operator := to bind a name inside an expression.")
+    new = Document(
+        id="walrus", text="Assignment expressions use the walrus operator := to bind a name inside an expression."
+    )
     before = fitted.retrieve_batch(QUESTIONS, k=1)
     ids = fitted.add_documents([new])
     assert ids == ["walrus"]
@@ -152,7 +156,9 @@ def test_update_learns_feedback_without_forgetting(tiny_bert: str, corpus: list[
     config = TrainConfig(
         epochs=15, batch_size=8, update_epochs=10, learning_rate=2e-4, head_learning_rate=2e-3, show_progress=False
     )
-    retriever = ClassifierRetriever(tiny_bert, config=config).fit(corpus, queries=list(zip(QUESTIONS, [d.id for d in corpus])))
+    retriever = ClassifierRetriever(tiny_bert, config=config).fit(
+        corpus, queries=list(zip(QUESTIONS, [d.id for d in corpus]))
+    )
     feedback = "how do I run code on several cores at once"
     retriever.update([(feedback, "gil")])
     assert retriever.retrieve(feedback, k=1)[0].document.id == "gil"

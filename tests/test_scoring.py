@@ -68,7 +68,9 @@ def test_feedback_is_found_at_once_without_training(tiny_bert: str, corpus: list
     assert retriever.retrieve(question, k=1)[0].document.id == "gil"
 
 
-def test_question_rows_and_calibration_survive_save_load(tiny_bert: str, corpus: list[Document], tmp_path: Path) -> None:
+def test_question_rows_and_calibration_survive_save_load(
+    tiny_bert: str, corpus: list[Document], tmp_path: Path
+) -> None:
     pairs = list(zip(QUESTIONS, [d.id for d in corpus]))
     retriever = ClassifierRetriever(tiny_bert, config=FAST).fit(corpus, queries=pairs)
     retriever.save(tmp_path / "m")

@@ -32,8 +32,15 @@ from softcar_federated.privacy import planned_noise
 GRIDS = {
     # (clients, iid, epsilon)
     "full": [(c, iid, e) for c in (2, 4) for iid in (False, True) for e in (math.inf, 8.0, 4.0, 1.0)],
-    "quick": [(2, False, math.inf), (2, True, math.inf), (4, False, math.inf), (4, True, math.inf),
-              (2, False, 8.0), (2, False, 4.0), (2, False, 1.0)],
+    "quick": [
+        (2, False, math.inf),
+        (2, True, math.inf),
+        (4, False, math.inf),
+        (4, True, math.inf),
+        (2, False, 8.0),
+        (2, False, 4.0),
+        (2, False, 1.0),
+    ],
     # a longer run of the two settings with quality targets (use with --rounds 4)
     "targets": [(2, False, math.inf), (2, False, 8.0)],
 }
@@ -79,11 +86,23 @@ def centralized_curve(spec: LocalRunSpec, epsilon: float) -> dict:
     else:
         sigma, _, _ = planned_noise(epsilon, 1e-5, math.ceil(len(examples) / config.batch_size), config.epochs, 1)
         assert sigma is not None
-        _, ledger = train_round(retriever, examples, config, epochs=config.epochs,
-                                dp=DPParams(sigma, spec.max_grad_norm), callbacks=[observer])
+        _, ledger = train_round(
+            retriever,
+            examples,
+            config,
+            epochs=config.epochs,
+            dp=DPParams(sigma, spec.max_grad_norm),
+            callbacks=[observer],
+        )
         spent = ledger.epsilon(1e-5)
-    return {"kind": "centralized", "epsilon": spent, "target_epsilon": epsilon, "curve": observer.curve,
-            "setup_s": round(setup_s, 2), "examples": len(examples)}
+    return {
+        "kind": "centralized",
+        "epsilon": spent,
+        "target_epsilon": epsilon,
+        "curve": observer.curve,
+        "setup_s": round(setup_s, 2),
+        "examples": len(examples),
+    }
 
 
 def _pick(scores: dict) -> dict:
@@ -94,11 +113,29 @@ def federated_curve(spec: LocalRunSpec) -> dict:
     summary = run_local(spec)
     rounds = summary["per_round"]
     start = rounds[0]["elapsed_s"]  # round 0 = evaluation of the initial model, after server setup
-    curve = [{"round": r["round"], "elapsed_s": round(r["elapsed_s"] - start, 2), "R@1": r["R@1"],
-              "MRR@10": r["MRR@10"]} for r in rounds]
-    return {"kind": "federated", "clients": spec.clients, "iid": spec.iid, "target_epsilon": spec.target_epsilon,
-            "epsilon": summary["epsilon"], "curve": curve, "wall_s": summary["wall_s"],
-            "rounds_completed": summary["rounds_completed"]}
+    curve = [
+        {"round": r["round"], "elapsed_s": round(r["elapsed_s"] - start, 2), "R@1": r["R@1"], "MRR@10": r["MRR@10"]}
+        for r in rounds
+    ]
+    return {
+        "kind": "federated",
+        "clients": spec.clients,
+        "iid": spec.iid,
+        "target_epsilon": spec.target_epsilon,
+        "epsilon": summary["epsilon"],
+        "curve": curve,
+        "wall_s": summary["wall_s"],
+        "rounds_completed": summary["rounds_completed"],
+    }
+
+
+def fmt(value: object, places: int = 3) -> str:
+    """A table cell: — for missing, ∞ for infinite, fixed decimals for floats."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "∞" if math.isinf(value) else f"{value:.{places}f}"
+    return str(value)
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -110,8 +147,11 @@ def time_to(curve: list[dict], target: float) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "python-faq"),
-                        help="BEIR folder (default: shared/data/python-faq beside the repo)")
+    parser.add_argument(
+        "--dataset",
+        default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "python-faq"),
+        help="BEIR folder (default: shared/data/python-faq beside the repo)",
+    )
     parser.add_argument("--encoder", default="", help="empty: the packaged all-MiniLM-L6-v2")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="quick")
     parser.add_argument("--rounds", type=int, default=2)
@@ -128,9 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         report(previous["runs"], args, previous.get("total_s"), out=None)
         return 0
     logging.basicConfig(level=logging.WARNING)
-    base = dict(dataset=args.dataset, encoder=args.encoder, rounds=args.rounds, batch_size=args.batch_size,
-                max_query_length=args.max_query_length, pseudo_queries_per_document=args.pseudo_queries,
-                mode="adapter+head", centralized=False, extra_run_config={"federated-evaluation": False})
+    base = dict(
+        dataset=args.dataset,
+        encoder=args.encoder,
+        rounds=args.rounds,
+        batch_size=args.batch_size,
+        max_query_length=args.max_query_length,
+        pseudo_queries_per_document=args.pseudo_queries,
+        mode="adapter+head",
+        centralized=False,
+        extra_run_config={"federated-evaluation": False},
+    )
     started = time.perf_counter()
     results: list[dict] = []
     epsilons = sorted({e for _, _, e in GRIDS[args.grid]}, reverse=True)
@@ -138,10 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         results.append(centralized_curve(LocalRunSpec(clients=1, target_epsilon=eps, **base), eps))
         print(f"centralized ε={eps}: {results[-1]['curve'][-1]}", file=sys.stderr, flush=True)
     for clients, iid, eps in GRIDS[args.grid]:
-        spec = LocalRunSpec(clients=clients, iid=iid, target_epsilon=eps,
-                            dp="client" if math.isfinite(eps) else "none", **base)
+        spec = LocalRunSpec(
+            clients=clients, iid=iid, target_epsilon=eps, dp="client" if math.isfinite(eps) else "none", **base
+        )
         results.append(federated_curve(spec))
-        print(f"FL {clients} {'IID' if iid else 'non-IID'} ε={eps}: {results[-1]['curve'][-1]}", file=sys.stderr, flush=True)
+        print(
+            f"FL {clients} {'IID' if iid else 'non-IID'} ε={eps}: {results[-1]['curve'][-1]}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     report(results, args, round(time.perf_counter() - started, 1), out=Path(args.out))
     return 0
@@ -163,28 +216,53 @@ def report(results: list[dict], args: argparse.Namespace, total_s: float | None,
     for r in results:
         final = r["curve"][-1]
         t = time_to(r["curve"], target)
-        name = "centralized" if r["kind"] == "centralized" else f"FL {r['clients']} clients {'IID' if r['iid'] else 'non-IID'}"
-        rows.append({
-            "setup": name, "target_epsilon": r["target_epsilon"], "epsilon_spent": r["epsilon"],
-            "initial_R@1": r["curve"][0]["R@1"], "final_R@1": final["R@1"], "final_MRR@10": final["MRR@10"],
-            "delta_R@1_vs_centralized": final["R@1"] - central_final, "time_to_target_s": t,
-            "speedup_vs_centralized": (central_time / t) if (t and central_time) else None,
-            "time_to_alt_target_s": time_to(r["curve"], args.alt_target),
-            "speedup_alt_target": (central_alt / ta) if ((ta := time_to(r["curve"], args.alt_target)) and central_alt) else None,
-            "wall_s": r.get("wall_s"),
-        })
-    payload = {"args": vars(args), "target_R@1": target, "alt_target_R@1": args.alt_target,
-               "centralized_final_R@1": central_final, "rows": rows, "runs": results, "total_s": total_s}
+        name = (
+            "centralized"
+            if r["kind"] == "centralized"
+            else f"FL {r['clients']} clients {'IID' if r['iid'] else 'non-IID'}"
+        )
+        rows.append(
+            {
+                "setup": name,
+                "target_epsilon": r["target_epsilon"],
+                "epsilon_spent": r["epsilon"],
+                "initial_R@1": r["curve"][0]["R@1"],
+                "final_R@1": final["R@1"],
+                "final_MRR@10": final["MRR@10"],
+                "delta_R@1_vs_centralized": final["R@1"] - central_final,
+                "time_to_target_s": t,
+                "speedup_vs_centralized": (central_time / t) if (t and central_time) else None,
+                "time_to_alt_target_s": time_to(r["curve"], args.alt_target),
+                "speedup_alt_target": (central_alt / ta)
+                if ((ta := time_to(r["curve"], args.alt_target)) and central_alt)
+                else None,
+                "wall_s": r.get("wall_s"),
+            }
+        )
+    payload = {
+        "args": vars(args),
+        "target_R@1": target,
+        "alt_target_R@1": args.alt_target,
+        "centralized_final_R@1": central_final,
+        "rows": rows,
+        "runs": results,
+        "total_s": total_s,
+    }
     if out is not None:
         write_json(out, payload)
-    print(f"| setup | ε target | ε spent | R@1 start | R@1 final | MRR@10 final | ΔR@1 vs central | time to R@1≥{target:.3f} (s) | speed-up | time to R@1≥{args.alt_target:.2f} (s) | speed-up | run wall (s) |")
+    print(
+        "| setup | ε target | ε spent | R@1 start | R@1 final | MRR@10 final | ΔR@1 vs central "
+        f"| time to R@1≥{target:.3f} (s) | speed-up | time to R@1≥{args.alt_target:.2f} (s) | speed-up | run wall (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        fmt = lambda v, p=3: "—" if v is None else (("∞" if math.isinf(v) else f"{v:.{p}f}") if isinstance(v, float) else str(v))  # noqa: E731
-        print(f"| {row['setup']} | {fmt(row['target_epsilon'], 0)} | {fmt(row['epsilon_spent'], 2)} | {fmt(row['initial_R@1'])} | "
-              f"{fmt(row['final_R@1'])} | {fmt(row['final_MRR@10'])} | {fmt(row['delta_R@1_vs_centralized'])} | "
-              f"{fmt(row['time_to_target_s'], 1)} | {fmt(row['speedup_vs_centralized'], 2)} | "
-              f"{fmt(row['time_to_alt_target_s'], 1)} | {fmt(row['speedup_alt_target'], 2)} | {fmt(row['wall_s'], 0)} |")
+        print(
+            f"| {row['setup']} | {fmt(row['target_epsilon'], 0)} | {fmt(row['epsilon_spent'], 2)} "
+            f"| {fmt(row['initial_R@1'])} | "
+            f"{fmt(row['final_R@1'])} | {fmt(row['final_MRR@10'])} | {fmt(row['delta_R@1_vs_centralized'])} | "
+            f"{fmt(row['time_to_target_s'], 1)} | {fmt(row['speedup_vs_centralized'], 2)} | "
+            f"{fmt(row['time_to_alt_target_s'], 1)} | {fmt(row['speedup_alt_target'], 2)} | {fmt(row['wall_s'], 0)} |"
+        )
     print(f"\ntarget R@1 = {target:.3f} (centralized best − {args.target_gap}); total {total_s} s")
 
 

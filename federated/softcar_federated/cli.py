@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -31,7 +29,7 @@ def local(
     clients: int = typer.Option(2, help="Number of flower-supernode processes."),
     rounds: int = typer.Option(3, help="Federated rounds."),
     target_epsilon: float = typer.Option(8.0, help="Per-client ε budget (inf: no DP noise)."),
-    kill_client_at_round: Optional[int] = typer.Option(None, help="SIGKILL the last SuperNode during this round."),
+    kill_client_at_round: int | None = typer.Option(None, help="SIGKILL the last SuperNode during this round."),
     rejoin: bool = typer.Option(True, help="Restart the killed SuperNode after its round."),
     dataset: str = typer.Option("", help="BEIR folder (default: the packaged chatterbot_qa set)."),
     encoder: str = typer.Option("", help="Base SLM folder (default: packaged all-MiniLM-L6-v2)."),
@@ -44,7 +42,7 @@ def local(
     max_query_length: int = typer.Option(32),
     pseudo_queries: int = typer.Option(2, help="Pseudo-queries drawn per document."),
     centralized: bool = typer.Option(True, help="Also train without FL, for comparison."),
-    work_dir: Optional[Path] = typer.Option(None, help="Keep logs/outputs here (default: a temp dir)."),
+    work_dir: Path | None = typer.Option(None, help="Keep logs/outputs here (default: a temp dir)."),
     timeout: float = typer.Option(1800.0, help="Give up (and stop everything) after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary."),
     verbose: bool = typer.Option(False, "-v", help="Log progress to stderr."),
@@ -52,25 +50,43 @@ def local(
     """Real flower-superlink + N flower-supernodes on 127.0.0.1; last line: a JSON summary."""
     # Imported here, not at the top: torch/transformers/flwr take seconds and `--help` should not.
     from softcar import jsonable
-
     from softcar_federated.local_experiment import LocalRunSpec, run_local
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     spec = LocalRunSpec(
-        clients=clients, rounds=rounds, target_epsilon=target_epsilon, kill_client_at_round=kill_client_at_round,
-        rejoin=rejoin, dataset=dataset or _default_dataset(), encoder=encoder, mode=mode, iid=iid, dp=dp,
-        strategy=strategy, local_epochs=local_epochs, batch_size=batch_size, max_query_length=max_query_length,
-        pseudo_queries_per_document=pseudo_queries, centralized=centralized,
-        work_dir=str(work_dir) if work_dir else None, timeout=timeout,
+        clients=clients,
+        rounds=rounds,
+        target_epsilon=target_epsilon,
+        kill_client_at_round=kill_client_at_round,
+        rejoin=rejoin,
+        dataset=dataset or _default_dataset(),
+        encoder=encoder,
+        mode=mode,
+        iid=iid,
+        dp=dp,
+        strategy=strategy,
+        local_epochs=local_epochs,
+        batch_size=batch_size,
+        max_query_length=max_query_length,
+        pseudo_queries_per_document=pseudo_queries,
+        centralized=centralized,
+        work_dir=str(work_dir) if work_dir else None,
+        timeout=timeout,
     )
     # SIGTERM → SystemExit, so the LocalFederation context manager stops every process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summary = run_local(spec)
     if not as_json:
-        typer.echo(f"rounds completed: {summary['rounds_completed']}  clients: {summary['clients']}  "
-                   f"ε={summary['epsilon']}  δ={summary['delta']}", err=True)
-        typer.echo(f"initial {summary['initial']}  final {summary['final']}  "
-                   f"centralized {summary.get('centralized', {}).get('final')}", err=True)
+        typer.echo(
+            f"rounds completed: {summary['rounds_completed']}  clients: {summary['clients']}  "
+            f"ε={summary['epsilon']}  δ={summary['delta']}",
+            err=True,
+        )
+        typer.echo(
+            f"initial {summary['initial']}  final {summary['final']}  "
+            f"centralized {summary.get('centralized', {}).get('final')}",
+            err=True,
+        )
     typer.echo(json.dumps(jsonable(summary)))
 
 
@@ -79,11 +95,15 @@ def join(
     config: Path = typer.Argument(..., help="TOML/JSON FederationConfig (superlink, checkpoint, work_dir, ...)."),
 ) -> None:
     """Contribute this deployment to a federation until interrupted (Ctrl-C leaves)."""
-    from softcar_federated.optin import FederationConfig, join as join_federation
+    from softcar_federated.optin import FederationConfig
+    from softcar_federated.optin import join as join_federation
 
     membership = join_federation(FederationConfig.load(config))
-    typer.echo(f"joined {membership.config.superlink} (supernode pid {membership.process.process.pid}); "
-               f"log: {membership.process.log_path}; Ctrl-C to leave", err=True)
+    typer.echo(
+        f"joined {membership.config.superlink} (supernode pid {membership.process.process.pid}); "
+        f"log: {membership.process.log_path}; Ctrl-C to leave",
+        err=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

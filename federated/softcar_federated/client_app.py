@@ -15,7 +15,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from softcar.errors import CheckpointError
-
 from softcar_federated import partitions
 from softcar_federated.config import FedConfig, NodeConfig
 from softcar_federated.deployment import LocalDeployment
@@ -99,8 +98,15 @@ def train(msg: Message, context: Context) -> Message:
         assert sigma is not None
         if would_exceed(ledger, sigma, rate, steps, delta, config.target_epsilon):
             logger.info("privacy budget ε=%.3g spent: abstaining from round %d", config.target_epsilon, server_round)
-            metrics.update({"abstained": 1, "epsilon": ledger.epsilon(delta), "train-loss": 0.0,
-                            "noise-multiplier": sigma, "steps": 0})
+            metrics.update(
+                {
+                    "abstained": 1,
+                    "epsilon": ledger.epsilon(delta),
+                    "train-loss": 0.0,
+                    "noise-multiplier": sigma,
+                    "steps": 0,
+                }
+            )
             reply = RecordDict({"arrays": msg.content["arrays"], "metrics": MetricRecord(metrics)})
             return Message(reply, reply_to=msg)
         dp = DPParams(noise_multiplier=sigma, max_grad_norm=config.max_grad_norm)
@@ -109,18 +115,33 @@ def train(msg: Message, context: Context) -> Message:
     # The global tensors this round starts from: FedProx pulls local training toward them.
     reference = deployment.retriever.trainable_state_dict() if proximal_mu > 0 else None
     result, ledger = train_round(
-        deployment.retriever, examples, train_config, epochs=config.local_epochs, dp=dp, ledger=ledger,
-        proximal=reference, proximal_mu=proximal_mu,
+        deployment.retriever,
+        examples,
+        train_config,
+        epochs=config.local_epochs,
+        dp=dp,
+        ledger=ledger,
+        proximal=reference,
+        proximal_mu=proximal_mu,
     )
     _store_ledger(context, deployment, ledger)
     deployment.save_copy()
     epsilon = ledger.epsilon(delta) if dp is not None else math.inf
-    metrics.update({"abstained": 0, "train-loss": result.loss, "epsilon": epsilon,
-                    "noise-multiplier": dp.noise_multiplier if dp is not None else 0.0, "steps": result.steps})
+    metrics.update(
+        {
+            "abstained": 0,
+            "train-loss": result.loss,
+            "epsilon": epsilon,
+            "noise-multiplier": dp.noise_multiplier if dp is not None else 0.0,
+            "steps": result.steps,
+        }
+    )
     shared = deployment.retriever.trainable_state_dict(parts=config.shared_parts)
     if node.poison:
         shared = _poison(shared, node.poison)
-    logger.info("round %d: trained on %d examples, loss %.4f, ε=%.3f", server_round, len(examples), result.loss, epsilon)
+    logger.info(
+        "round %d: trained on %d examples, loss %.4f, ε=%.3f", server_round, len(examples), result.loss, epsilon
+    )
     reply = RecordDict({"arrays": ArrayRecord(torch_state_dict=shared), "metrics": MetricRecord(metrics)})
     return Message(reply, reply_to=msg)
 

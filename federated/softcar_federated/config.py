@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from softcar import TrainConfig
 
 Mode = Literal["adapter", "adapter+head"]
@@ -55,9 +56,7 @@ class FedConfig(BaseModel):
     target_epsilon: float = Field(8.0, gt=0, description="Per-client budget; inf disables noise.")
     target_delta: float = Field(1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0, description="Per-sample clipping norm of DP-SGD.")
-    noise_multiplier: float = Field(
-        0.0, ge=0, description="0: calibrate from target-epsilon over all planned rounds."
-    )
+    noise_multiplier: float = Field(0.0, ge=0, description="0: calibrate from target-epsilon over all planned rounds.")
     central_noise_multiplier: float = Field(1.0, ge=0)
     central_clipping_norm: float = Field(0.5, gt=0)
     central_num_sampled_clients: int = Field(0, ge=0, description="0: min-train-nodes.")
@@ -131,7 +130,11 @@ class NodeConfig(BaseModel):
     def _check(self) -> NodeConfig:
         if self.checkpoint is None and (self.partition_id is None or self.num_partitions is None):
             raise ValueError("node config needs either checkpoint=... or partition-id and num-partitions")
-        if self.partition_id is not None and self.num_partitions is not None and self.partition_id >= self.num_partitions:
+        if (
+            self.partition_id is not None
+            and self.num_partitions is not None
+            and self.partition_id >= self.num_partitions
+        ):
             raise ValueError(f"partition-id {self.partition_id} >= num-partitions {self.num_partitions}")
         return self
 

@@ -16,7 +16,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from softcar import ClassifierRetriever
-
 from softcar_federated import partitions
 from softcar_federated.config import FedConfig, NodeConfig
 
@@ -70,7 +69,11 @@ class LocalDeployment:
         if node.checkpoint is not None:
             checkpoint = Path(node.checkpoint).expanduser().resolve()
             key = hashlib.sha256(str(checkpoint).encode()).hexdigest()[:16]
-            work_dir = Path(node.work_dir) if node.work_dir else Path(tempfile.gettempdir()) / "softcar-federated" / f"node-{key}"
+            work_dir = (
+                Path(node.work_dir)
+                if node.work_dir
+                else Path(tempfile.gettempdir()) / "softcar-federated" / f"node-{key}"
+            )
             feedback = partitions.read_pairs(node.feedback) if node.feedback else []
             heldout = partitions.read_pairs(node.heldout) if node.heldout else []
             own: list[str] | None = None
@@ -106,6 +109,12 @@ class LocalDeployment:
                 pseudo_queries=config.pseudo_queries_per_document,
                 seed=config.seed,
             )
-        logger.info("node %s: %d documents, %d feedback, %d held-out (work dir %s)",
-                    os.getpid(), len(retriever), len(feedback), len(heldout), work_dir)
+        logger.info(
+            "node %s: %d documents, %d feedback, %d held-out (work dir %s)",
+            os.getpid(),
+            len(retriever),
+            len(feedback),
+            len(heldout),
+            work_dir,
+        )
         return cls(retriever=retriever, own_doc_ids=own, feedback=feedback, heldout=heldout, work_dir=work_dir)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from softcar import ClassifierRetriever, TrainConfig
 
+from softcar import ClassifierRetriever, TrainConfig
 from softcar_federated import partitions
 from softcar_federated.local_training import DPParams, train_round
 from softcar_federated.privacy import planned_noise
@@ -125,8 +125,7 @@ def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[
         batches = math.ceil(len(pooled) / config.batch_size)
         sigma, _, _ = planned_noise(epsilon, 1e-5, batches, config.epochs, 1)
         assert sigma is not None
-        _, ledger = train_round(retriever, pooled, config, epochs=config.epochs,
-                                dp=DPParams(sigma, spec.max_grad_norm))
+        _, ledger = train_round(retriever, pooled, config, epochs=config.epochs, dp=DPParams(sigma, spec.max_grad_norm))
         spent, examples = ledger.epsilon(1e-5), len(pooled)
     final = partitions.quality(retriever, split.heldout)
     return {
@@ -146,8 +145,9 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         output_dir = fed.work_dir / "output"
         fed.start_superlink()
         for i in range(spec.clients):
-            fed.start_node(i, {"partition-id": i, "num-partitions": spec.clients,
-                               "work-dir": str(output_dir / f"node-{i}")})
+            fed.start_node(
+                i, {"partition-id": i, "num-partitions": spec.clients, "work-dir": str(output_dir / f"node-{i}")}
+            )
         run = fed.run(spec.run_config(output_dir))
         killed: dict[str, Any] | None = None
         deadline = time.monotonic() + spec.timeout
@@ -176,7 +176,9 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         fl_wall = time.perf_counter() - started
     first, last = rounds[0], rounds[-1]
     if killed is not None and killed["restarted"]:
-        back = [r["round"] for r in rounds if r["round"] > killed["round"] and len(r.get("accepted", [])) == spec.clients]
+        back = [
+            r["round"] for r in rounds if r["round"] > killed["round"] and len(r.get("accepted", [])) == spec.clients
+        ]
         killed["rejoined_at_round"] = back[0] if back else None
     epsilon = last.get("epsilon")
     summary: dict[str, Any] = {
@@ -191,9 +193,18 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         "initial": _pick(first.get("server_eval")),
         "final": _pick(last.get("server_eval")),
         "final_federated_eval": _pick(last.get("federated_eval")),
-        "per_round": [{"round": r["round"], "elapsed_s": r["elapsed_s"], **(_pick(r.get("server_eval")) or {}),
-                       "epsilon": r.get("epsilon"), "accepted": len(r.get("accepted", [])),
-                       "failed": len(r.get("failed", [])), "rejected": len(r.get("rejected", []))} for r in rounds],
+        "per_round": [
+            {
+                "round": r["round"],
+                "elapsed_s": r["elapsed_s"],
+                **(_pick(r.get("server_eval")) or {}),
+                "epsilon": r.get("epsilon"),
+                "accepted": len(r.get("accepted", [])),
+                "failed": len(r.get("failed", [])),
+                "rejected": len(r.get("rejected", [])),
+            }
+            for r in rounds
+        ],
         "killed": killed,
         "wall_s": round(fl_wall, 2),
     }

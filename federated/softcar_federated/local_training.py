@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from softcar import ClassifierRetriever, ProximalTerm, Regularizer, Trainer, TrainConfig, TrainerCallback
 
+from softcar import ClassifierRetriever, ProximalTerm, Regularizer, TrainConfig, Trainer, TrainerCallback
 from softcar_federated.privacy import AccountEmptyBatches, PrivacyLedger, make_private
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ except ImportError:  # Python 3.10
 from pydantic import BaseModel, ConfigDict, Field
 
 from softcar import ClassifierRetriever
-
 from softcar_federated.supervisor import ManagedProcess, config_string, flower_executable, free_port
 
 
@@ -71,13 +70,25 @@ def federated_retriever(work_dir: str | os.PathLike[str]) -> ClassifierRetriever
 
 
 def supernode_command(config: FederationConfig) -> list[str]:
-    node_config = {"checkpoint": str(Path(config.checkpoint).resolve()), "work-dir": str(Path(config.work_dir).resolve())}
+    node_config = {
+        "checkpoint": str(Path(config.checkpoint).resolve()),
+        "work-dir": str(Path(config.work_dir).resolve()),
+    }
     if config.feedback:
         node_config["feedback"] = str(Path(config.feedback).resolve())
     if config.heldout:
         node_config["heldout"] = str(Path(config.heldout).resolve())
-    command = [flower_executable("flower-supernode"), "--superlink", config.superlink, "--host", "127.0.0.1",
-               "--port", str(config.runtime_port or free_port()), "--node-config", config_string(node_config)]
+    command = [
+        flower_executable("flower-supernode"),
+        "--superlink",
+        config.superlink,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(config.runtime_port or free_port()),
+        "--node-config",
+        config_string(node_config),
+    ]
     if config.insecure:
         command.append("--insecure")
     elif config.root_certificates:
@@ -87,7 +98,9 @@ def supernode_command(config: FederationConfig) -> list[str]:
     return command
 
 
-def join(config: FederationConfig | str | os.PathLike[str], log_path: str | os.PathLike[str] | None = None) -> Membership:
+def join(
+    config: FederationConfig | str | os.PathLike[str], log_path: str | os.PathLike[str] | None = None
+) -> Membership:
     """Start contributing: checks the checkpoint loads, then starts this deployment's SuperNode."""
     if not isinstance(config, FederationConfig):
         config = FederationConfig.load(config)
@@ -97,7 +110,8 @@ def join(config: FederationConfig | str | os.PathLike[str], log_path: str | os.P
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     handle = open(log, "ab")  # noqa: SIM115
-    process = subprocess.Popen(supernode_command(config), stdout=handle, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        supernode_command(config), stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
     handle.close()
     return Membership(ManagedProcess("supernode", process, log), config)

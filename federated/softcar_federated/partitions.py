@@ -64,12 +64,17 @@ def load_split(path: str | Path, heldout_fraction: float = 0.5, seed: int = 0) -
 
     def pairs(split: str) -> list[tuple[str, Pair]]:
         queries, qrels = dataset.split(split)
-        return [(qid, (queries[qid], doc_id)) for qid in sorted(qrels)
-                for doc_id, rel in sorted(qrels[qid].items()) if rel > 0]
+        return [
+            (qid, (queries[qid], doc_id))
+            for qid in sorted(qrels)
+            for doc_id, rel in sorted(qrels[qid].items())
+            if rel > 0
+        ]
 
     if "train" in dataset.qrels and "test" in dataset.qrels:
-        return SplitDataset(corpus=dataset.corpus, feedback=[p for _, p in pairs("train")],
-                            heldout=[p for _, p in pairs("test")])
+        return SplitDataset(
+            corpus=dataset.corpus, feedback=[p for _, p in pairs("train")], heldout=[p for _, p in pairs("test")]
+        )
     feedback: list[Pair] = []
     heldout: list[Pair] = []
     seen: set[tuple[str, str, str]] = set()

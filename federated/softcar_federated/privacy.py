@@ -25,9 +25,10 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import register_grad_sampler
 from pydantic import BaseModel, Field
-from softcar import ClassifierHead, Trainer, TrainerCallback, TrainingSetup, write_json
 from torch import nn
 from torch.utils.data import DataLoader
+
+from softcar import ClassifierHead, Trainer, TrainerCallback, TrainingSetup, write_json
 
 History = list[tuple[float, float, int]]
 
@@ -116,7 +117,9 @@ def planned_noise(
     return sigma, sample_rate, steps_per_round
 
 
-def would_exceed(ledger: PrivacyLedger, sigma: float, sample_rate: float, steps: int, delta: float, budget: float) -> bool:
+def would_exceed(
+    ledger: PrivacyLedger, sigma: float, sample_rate: float, steps: int, delta: float, budget: float
+) -> bool:
     """True when one more round at (σ, q, steps) would push ε past the budget."""
     future = list(ledger.history) + [(sigma, sample_rate, steps)]
     return epsilon_of(future, delta) > budget * 1.0001
@@ -171,4 +174,6 @@ class AccountEmptyBatches(TrainerCallback):
         self.noise_multiplier = noise_multiplier
 
     def on_empty_batch(self, trainer: Trainer) -> None:
-        self.private.engine.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.private.sample_rate)
+        self.private.engine.accountant.step(
+            noise_multiplier=self.noise_multiplier, sample_rate=self.private.sample_rate
+        )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 
 def plot_rounds(rounds: list[dict], path: Path) -> None:
@@ -22,8 +21,13 @@ def plot_rounds(rounds: list[dict], path: Path) -> None:
         for metric in ("R@1", "MRR@10"):
             ys = [(r.get(source) or {}).get(metric) for r in rounds]
             if any(y is not None for y in ys):
-                left.plot(xs, [float("nan") if y is None else y for y in ys], style, marker="o",
-                          label=f"{metric} ({source.replace('_', ' ')})")
+                left.plot(
+                    xs,
+                    [float("nan") if y is None else y for y in ys],
+                    style,
+                    marker="o",
+                    label=f"{metric} ({source.replace('_', ' ')})",
+                )
     left.set_xlabel("round")
     left.set_ylabel("held-out quality")
     left.set_ylim(0, 1)

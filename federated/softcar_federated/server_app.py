@@ -18,7 +18,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from softcar import ClassifierRetriever, Document, atomic_directory, write_json, write_tensors
-
 from softcar_federated import partitions
 from softcar_federated.config import FedConfig
 from softcar_federated.deployment import dataset_split, default_output_dir
@@ -40,8 +39,12 @@ class GlobalModel:
         self.split = dataset_split(config) if config.dataset else None
         documents = self.split.corpus if self.split else [Document(id="placeholder", text="shape reference only")]
         self.retriever: ClassifierRetriever = partitions.build_retriever(
-            documents, config.encoder, config.adapter,
-            max_query_length=config.max_query_length, pseudo_queries=config.pseudo_queries_per_document, seed=config.seed,
+            documents,
+            config.encoder,
+            config.adapter,
+            max_query_length=config.max_query_length,
+            pseudo_queries=config.pseudo_queries_per_document,
+            seed=config.seed,
         )
         self.rounds: list[dict] = []
         self.started = time.perf_counter()
@@ -111,7 +114,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
     strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
     releases = 0
-    last_epsilon: float = 0.0 if config.dp != "none" and not (config.dp == "client" and math.isinf(config.target_epsilon)) else math.inf
+    last_epsilon: float = (
+        0.0 if config.dp != "none" and not (config.dp == "client" and math.isinf(config.target_epsilon)) else math.inf
+    )
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         nonlocal releases, last_epsilon
@@ -153,14 +158,21 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=evaluate_fn,
     )
     completed = sum(1 for r in model.rounds if r["round"] > 0)
-    write_json(output_dir / "summary.json", {
-        "rounds_completed": completed,
-        "rounds_with_updates": releases,
-        "epsilon": last_epsilon,
-        "delta": config.target_delta,
-        "initial": {"server_eval": model.rounds[0]["server_eval"] if model.rounds else None,
-                    "federated_eval": None},
-        "final": {"server_eval": model.rounds[-1]["server_eval"] if model.rounds else None,
-                  "federated_eval": model.rounds[-1]["federated_eval"] if model.rounds else None},
-        "elapsed_s": round(time.perf_counter() - model.started, 3),
-    })
+    write_json(
+        output_dir / "summary.json",
+        {
+            "rounds_completed": completed,
+            "rounds_with_updates": releases,
+            "epsilon": last_epsilon,
+            "delta": config.target_delta,
+            "initial": {
+                "server_eval": model.rounds[0]["server_eval"] if model.rounds else None,
+                "federated_eval": None,
+            },
+            "final": {
+                "server_eval": model.rounds[-1]["server_eval"] if model.rounds else None,
+                "federated_eval": model.rounds[-1]["federated_eval"] if model.rounds else None,
+            },
+            "elapsed_s": round(time.perf_counter() - model.started, 3),
+        },
+    )

@@ -168,16 +168,18 @@ class LocalFederation:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "FLWR_HOME": str(self.flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "FLWR_HOME": str(self.flwr_home),
+                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                "FLWR_DISABLE_UPDATE_CHECK": "1",
+                "FLWR_TELEMETRY_ENABLED": "0",
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "TOKENIZERS_PARALLELISM": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
@@ -187,7 +189,11 @@ class LocalFederation:
         log_path = self.logs / f"{name}-{self._starts}.log"
         handle = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
         process = subprocess.Popen(
-            command, stdout=handle, stderr=subprocess.STDOUT, env=self.env(), cwd=self.work_dir,
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            cwd=self.work_dir,
             start_new_session=True,  # own process group: one killpg reaches its children
         )
         handle.close()
@@ -196,7 +202,13 @@ class LocalFederation:
 
     def _write_flwr_config(self) -> None:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{self.address}"']
+        lines = [
+            "[superlink]",
+            f'default = "{CONNECTION}"',
+            "",
+            f"[superlink.{CONNECTION}]",
+            f'address = "{self.address}"',
+        ]
         if self.tls is None:
             lines.append("insecure = true")
         else:
@@ -215,7 +227,9 @@ class LocalFederation:
         while time.monotonic() < deadline:
             assert self.superlink is not None
             if self.superlink.process.poll() is not None:
-                raise LaunchError(f"flower-superlink exited early; see {self.superlink.log_path}:\n{self.tail(self.superlink)}")
+                raise LaunchError(
+                    f"flower-superlink exited early; see {self.superlink.log_path}:\n{self.tail(self.superlink)}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310 - loopback
                     if response.status == 200:
@@ -235,13 +249,25 @@ class LocalFederation:
     # ------------------------------------------------------------------ lifecycle
     def start_superlink(self) -> None:
         self._write_flwr_config()
-        command = [flower_executable("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
-                   "--disable-runtime-dependency-installation"]
+        command = [
+            flower_executable("flower-superlink"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+        ]
         if self.tls is None:
             command.append("--insecure")
         else:
-            command += ["--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
-                        "--ssl-ca-certfile", str(self.tls.ca_cert)]
+            command += [
+                "--ssl-certfile",
+                str(self.tls.server_cert),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
+                "--ssl-ca-certfile",
+                str(self.tls.ca_cert),
+            ]
         if self.supernode_auth:
             command.append("--enable-supernode-auth")
         self.superlink = self._spawn("superlink", command)
@@ -252,7 +278,11 @@ class LocalFederation:
         """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
         result = subprocess.run(
             [flower_executable("flwr"), "supernode", "register", str(public_key), CONNECTION],
-            env=self.env(), cwd=self.work_dir, capture_output=True, text=True, timeout=60,
+            env=self.env(),
+            cwd=self.work_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if result.returncode != 0:
             raise LaunchError(f"flwr supernode register failed: {result.stdout}\n{result.stderr}")
@@ -262,8 +292,17 @@ class LocalFederation:
         """Start (or restart) SuperNode ``index``; a restart reuses its node config and work dir."""
         if node_config is not None:
             self.node_configs[index] = dict(node_config)
-        command = [flower_executable("flower-supernode"), "--superlink", self.address, "--host", "127.0.0.1",
-                   "--port", str(free_port()), "--node-config", config_string(self.node_configs[index])]
+        command = [
+            flower_executable("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--node-config",
+            config_string(self.node_configs[index]),
+        ]
         if self.tls is None:
             command.append("--insecure")
         else:
@@ -282,8 +321,14 @@ class LocalFederation:
 
     def connected_nodes(self) -> int:
         """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
-        result = subprocess.run([flower_executable("flwr"), "supernode", "ls", CONNECTION, "--format", "json"],
-                                env=self.env(), cwd=self.work_dir, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [flower_executable("flwr"), "supernode", "ls", CONNECTION, "--format", "json"],
+            env=self.env(),
+            cwd=self.work_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         try:
             payload = json.loads(result.stdout)
         except ValueError:

@@ -33,7 +33,9 @@ def write_beir(folder: Path, docs_per_topic: int = 8, seed: int = 0) -> Path:
     for topic, words in TOPICS.items():
         for i in range(docs_per_topic):
             key = rng.sample(words, 3)
-            text = " ".join(rng.choice(words) for _ in range(12)) + f". The {key[0]} {key[1]} {key[2]} guide number {i}."
+            text = (
+                " ".join(rng.choice(words) for _ in range(12)) + f". The {key[0]} {key[1]} {key[2]} guide number {i}."
+            )
             doc_id = f"{topic}-{i}"
             corpus.append({"_id": doc_id, "title": "", "text": text})
             queries.append({"_id": f"q-{doc_id}", "text": f"how about {key[0]} {key[1]} {key[2]} {i}"})
@@ -71,8 +73,12 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory):
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "softcar test CA")])
     ca_cert = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
@@ -81,17 +87,22 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory):
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "server.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
+    (folder / "server.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return TLSFiles(ca_cert=folder / "ca.crt", server_cert=folder / "server.pem", server_key=folder / "server.key")
 
 
@@ -104,9 +115,11 @@ def supernode_keys(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP384R1())
     private = tmp_path / "node_key"
     public = tmp_path / "node_key.pub"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
     private.chmod(0o600)
     return private, public

@@ -9,28 +9,49 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 
 from softcar_federated import client_app, partitions
-from softcar_federated.privacy import PrivacyLedger
 from softcar_federated.config import FedConfig, NodeConfig
+from softcar_federated.privacy import PrivacyLedger
 
 
 def _message(arrays: ArrayRecord, server_round: int, kind: str = MessageType.TRAIN) -> Message:
-    metadata = Metadata(run_id=7, message_id=f"m{server_round}{kind}", src_node_id=0, dst_node_id=1,
-                        reply_to_message_id="", group_id="", created_at=0.0, ttl=600.0, message_type=kind)
+    metadata = Metadata(
+        run_id=7,
+        message_id=f"m{server_round}{kind}",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="",
+        created_at=0.0,
+        ttl=600.0,
+        message_type=kind,
+    )
     content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
     return Message(content, metadata=metadata)
 
 
 @pytest.fixture
 def setup(tiny_encoder, tiny_dataset, tmp_path):
-    run_config = {"encoder": tiny_encoder, "dataset": str(tiny_dataset), "output-dir": str(tmp_path),
-                  "num-server-rounds": 2, "batch-size": 8, "max-query-length": 16, "target-epsilon": 4.0,
-                  "pseudo-queries-per-document": 2}
+    run_config = {
+        "encoder": tiny_encoder,
+        "dataset": str(tiny_dataset),
+        "output-dir": str(tmp_path),
+        "num-server-rounds": 2,
+        "batch-size": 8,
+        "max-query-length": 16,
+        "target-epsilon": 4.0,
+        "pseudo-queries-per-document": 2,
+    }
     config = FedConfig.from_run_config(run_config)
     split = partitions.load_split(tiny_dataset)
     server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
     arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
-    context = Context(run_id=7, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
-                      state=RecordDict(), run_config=run_config)
+    context = Context(
+        run_id=7,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=run_config,
+    )
     return config, arrays, context, tmp_path
 
 
@@ -46,7 +67,9 @@ def test_ledger_accumulates_in_context_state_and_on_disk(setup):
     assert 0 < eps[0] < eps[1] <= config.target_epsilon + 1e-6
     flat = dict(context.state.config_records[client_app.LEDGER_STATE_KEY])
     assert PrivacyLedger.from_flat(flat).epsilon(config.target_delta) == pytest.approx(eps[1])
-    assert PrivacyLedger.load(tmp_path / "node-0" / "privacy-ledger.json").epsilon(config.target_delta) == pytest.approx(eps[1])
+    assert PrivacyLedger.load(tmp_path / "node-0" / "privacy-ledger.json").epsilon(
+        config.target_delta
+    ) == pytest.approx(eps[1])
     # A third round would exceed the budget planned for two: the client abstains, ε unchanged.
     reply = client_app.train(_message(arrays, 3), context)
     assert reply.content["metrics"]["abstained"] == 1
@@ -56,8 +79,13 @@ def test_ledger_accumulates_in_context_state_and_on_disk(setup):
 def test_restarted_client_recovers_ledger_from_disk(setup):
     _, arrays, context, _ = setup
     first = client_app.train(_message(arrays, 1), context).content["metrics"]["epsilon"]
-    fresh = Context(run_id=7, node_id=99, node_config=dict(context.node_config), state=RecordDict(),
-                    run_config=dict(context.run_config))
+    fresh = Context(
+        run_id=7,
+        node_id=99,
+        node_config=dict(context.node_config),
+        state=RecordDict(),
+        run_config=dict(context.run_config),
+    )
     second = client_app.train(_message(arrays, 2), fresh).content["metrics"]["epsilon"]
     assert second > first  # the restarted node kept counting instead of starting from zero
 
@@ -75,8 +103,10 @@ def test_partitions_cover_documents_once(tiny_dataset):
         parts = partitions.partition(split, 2, iid=iid)
         ids = [d for p in parts for d in p.doc_ids]
         assert sorted(ids) == sorted(d.id for d in split.corpus)
-    topics = [{partitions.topic_of(next(d for d in split.corpus if d.id == i)) for i in p.doc_ids}
-              for p in partitions.partition(split, 3, iid=False)]
+    topics = [
+        {partitions.topic_of(next(d for d in split.corpus if d.id == i)) for i in p.doc_ids}
+        for p in partitions.partition(split, 3, iid=False)
+    ]
     assert all(len(t) == 1 for t in topics)  # non-IID: one topic per deployment
 
 

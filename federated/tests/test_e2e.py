@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from softcar import ClassifierRetriever
-
 from softcar_federated.supervisor import LocalFederation, is_alive, read_rounds, wait_for
 
 pytestmark = pytest.mark.slow
@@ -37,13 +36,37 @@ def _processes_in(folder: Path) -> list[int]:
 
 def test_cli_local_kill_and_rejoin(tiny_encoder, tiny_dataset, tmp_path):
     work = tmp_path / "fed"
-    command = [sys.executable, "-m", "softcar_federated.cli", "local", "--clients", "2", "--rounds", "2",
-               "--target-epsilon", "8", "--kill-client-at-round", "1", "--dataset", str(tiny_dataset),
-               "--encoder", tiny_encoder, "--batch-size", "8", "--max-query-length", "16",
-               "--work-dir", str(work), "--timeout", "400", "--json"]
+    command = [
+        sys.executable,
+        "-m",
+        "softcar_federated.cli",
+        "local",
+        "--clients",
+        "2",
+        "--rounds",
+        "2",
+        "--target-epsilon",
+        "8",
+        "--kill-client-at-round",
+        "1",
+        "--dataset",
+        str(tiny_dataset),
+        "--encoder",
+        tiny_encoder,
+        "--batch-size",
+        "8",
+        "--max-query-length",
+        "16",
+        "--work-dir",
+        str(work),
+        "--timeout",
+        "400",
+        "--json",
+    ]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=480,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=480, env=dict(os.environ, HF_HUB_OFFLINE="1")
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["rounds_completed"] == 2 and summary["clients"] == 2
@@ -73,20 +96,32 @@ def test_tls_auth_and_poisoned_update(tiny_encoder, tiny_dataset, tmp_path, tls_
 
     second_private = tmp_path / "node2_key"
     key = ec.generate_private_key(ec.SECP384R1())
-    second_private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                 serialization.NoEncryption()))
-    (tmp_path / "node2_key.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                           serialization.PublicFormat.OpenSSH))
+    second_private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
+    (tmp_path / "node2_key.pub").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
     with LocalFederation(work, tls=tls_files, supernode_auth=True) as fed:
         fed.start_superlink()
         fed.register_node_key(0, private, public)
         fed.register_node_key(1, second_private, tmp_path / "node2_key.pub")
         fed.start_node(0, {"partition-id": 0, "num-partitions": 2})
         fed.start_node(1, {"partition-id": 1, "num-partitions": 2, "poison": "nan"})
-        run = fed.run({"num-server-rounds": 1, "encoder": tiny_encoder, "dataset": str(tiny_dataset),
-                       "output-dir": str(output), "min-train-nodes": 2, "min-available-nodes": 2,
-                       "batch-size": 8, "max-query-length": 16, "federated-evaluation": False,
-                       "round-timeout": 120.0})
+        run = fed.run(
+            {
+                "num-server-rounds": 1,
+                "encoder": tiny_encoder,
+                "dataset": str(tiny_dataset),
+                "output-dir": str(output),
+                "min-train-nodes": 2,
+                "min-available-nodes": 2,
+                "batch-size": 8,
+                "max-query-length": 16,
+                "federated-evaluation": False,
+                "round-timeout": 120.0,
+            }
+        )
         run.process.wait(timeout=300)
         assert run.process.returncode == 0, fed.tail(run)
         wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
@@ -109,8 +144,11 @@ def test_unregistered_supernode_is_refused(tls_files, supernode_keys, tmp_path):
 
     registered_private, registered_public = supernode_keys
     stranger = tmp_path / "stranger_key"
-    stranger.write_bytes(ec.generate_private_key(ec.SECP384R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    stranger.write_bytes(
+        ec.generate_private_key(ec.SECP384R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+    )
     with LocalFederation(tmp_path / "fed", tls=tls_files, supernode_auth=True) as fed:
         fed.start_superlink()
         fed.register_node_key(0, registered_private, registered_public)
@@ -142,12 +180,28 @@ def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, t
     output = tmp_path / "out"
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        membership = join(FederationConfig(superlink=fed.address, checkpoint=str(checkpoint), insecure=True,
-                                           feedback=str(tmp_path / "feedback.jsonl"), work_dir=str(tmp_path / "work")))
+        membership = join(
+            FederationConfig(
+                superlink=fed.address,
+                checkpoint=str(checkpoint),
+                insecure=True,
+                feedback=str(tmp_path / "feedback.jsonl"),
+                work_dir=str(tmp_path / "work"),
+            )
+        )
         try:
-            run = fed.run({"num-server-rounds": 1, "encoder": tiny_encoder, "dataset": str(tiny_dataset),
-                           "mode": "adapter+head", "output-dir": str(output), "batch-size": 8,
-                           "max-query-length": 16, "round-timeout": 120.0})
+            run = fed.run(
+                {
+                    "num-server-rounds": 1,
+                    "encoder": tiny_encoder,
+                    "dataset": str(tiny_dataset),
+                    "mode": "adapter+head",
+                    "output-dir": str(output),
+                    "batch-size": 8,
+                    "max-query-length": 16,
+                    "round-timeout": 120.0,
+                }
+            )
             run.process.wait(timeout=240)
             assert run.process.returncode == 0, fed.tail(run)
             wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
@@ -171,18 +225,43 @@ def test_flwr_run_simulation_engine(tiny_encoder, tiny_dataset, tmp_path):
     home.mkdir()
     (home / "config.toml").write_text((app / "flwr-home" / "config.toml").read_text())
     output = tmp_path / "output"
-    run_config = " ".join([
-        f'encoder="{tiny_encoder}"', f'dataset="{tiny_dataset}"', 'mode="adapter+head"', "num-server-rounds=1",
-        "batch-size=8", "max-query-length=16", "pseudo-queries-per-document=1", f'output-dir="{output}"',
-    ])
+    run_config = " ".join(
+        [
+            f'encoder="{tiny_encoder}"',
+            f'dataset="{tiny_dataset}"',
+            'mode="adapter+head"',
+            "num-server-rounds=1",
+            "batch-size=8",
+            "max-query-length=16",
+            "pseudo-queries-per-document=1",
+            f'output-dir="{output}"',
+        ]
+    )
     flwr = Path(sys.executable).with_name("flwr")
-    env = dict(os.environ, FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE="1",
-               PATH=f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}")  # flwr starts flower-superlink by name
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        HF_HUB_OFFLINE="1",
+        PATH=f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )  # flwr starts flower-superlink by name
     try:
         result = subprocess.run(
-            [str(flwr), "run", str(app), "local-sim", "--stream", "--federation-config", "num-supernodes=2",
-             "--run-config", run_config],
-            capture_output=True, text=True, timeout=420, env=env,
+            [
+                str(flwr),
+                "run",
+                str(app),
+                "local-sim",
+                "--stream",
+                "--federation-config",
+                "num-supernodes=2",
+                "--run-config",
+                run_config,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=420,
+            env=env,
         )
         log = result.stdout + result.stderr
         assert result.returncode == 0, log[-4000:]

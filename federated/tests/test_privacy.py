@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
-from softcar import TrainConfig
 
+from softcar import TrainConfig
 from softcar_federated import partitions
 from softcar_federated.local_training import DPParams, train_round
 from softcar_federated.privacy import PrivacyLedger, make_private, planned_noise, would_exceed
@@ -26,8 +26,9 @@ def retriever_and_examples(tiny_encoder, tiny_dataset):
 
 
 def _config(batch=8, **overrides):
-    return TrainConfig(batch_size=batch, learning_rate=1e-3, head_learning_rate=1e-2, head_anchor=0.0,
-                       show_progress=False, **overrides)
+    return TrainConfig(
+        batch_size=batch, learning_rate=1e-3, head_learning_rate=1e-2, head_anchor=0.0, show_progress=False, **overrides
+    )
 
 
 def _private(retriever, examples, clip, batch=8):
@@ -99,7 +100,9 @@ def test_fedprox_acts_under_client_dp(retriever_and_examples):
         retriever.load_trainable_state_dict(start)
         train_round(retriever, examples, config, epochs=1, dp=dp, proximal=reference, proximal_mu=mu)
         after = retriever.trainable_state_dict()
-        toward = sum(float(((after[k] - start[k]) * (reference[k] - start[k])).sum()) for k in after if k.startswith("adapter."))
+        toward = sum(
+            float(((after[k] - start[k]) * (reference[k] - start[k])).sum()) for k in after if k.startswith("adapter.")
+        )
         return toward
 
     without, with_prox = moved(0.0), moved(10.0)

@@ -10,6 +10,7 @@ from softcar_federated.config import FedConfig
 from softcar_federated.strategy import build_strategy
 from softcar_federated.validation import MalformedUpdateError, spec_of, validate_arrays
 
+
 def _global() -> ArrayRecord:
     return ArrayRecord({"adapter.proj.weight": _arr(np.zeros((4, 4))), "adapter.proj.bias": _arr(np.zeros(4))})
 
@@ -20,8 +21,17 @@ def _arr(values):
 
 def _reply(node: int, arrays: ArrayRecord, n: int = 10, **extra) -> Message:
     metrics = MetricRecord({"num-examples": n, "unit-weight": 1.0, "train-loss": 1.0, "epsilon": 1.0, **extra})
-    metadata = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
-                        group_id="", created_at=0.0, ttl=60.0, message_type=MessageType.TRAIN)
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="",
+        created_at=0.0,
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), metadata=metadata)
 
 
@@ -35,7 +45,10 @@ def test_spec_and_validate_ok():
     "arrays, key",
     [
         ({"adapter.proj.weight": np.full((4, 4), np.nan), "adapter.proj.bias": np.zeros(4)}, "adapter.proj.weight"),
-        ({"adapter.proj.weight": np.zeros((4, 4)), "adapter.proj.bias": np.array([0, np.inf, 0, 0])}, "adapter.proj.bias"),
+        (
+            {"adapter.proj.weight": np.zeros((4, 4)), "adapter.proj.bias": np.array([0, np.inf, 0, 0])},
+            "adapter.proj.bias",
+        ),
         ({"adapter.proj.weight": np.zeros((5, 4)), "adapter.proj.bias": np.zeros(4)}, "adapter.proj.weight"),
         ({"adapter.proj.weight": np.zeros((4, 4)), "adapter.backdoor": np.zeros(4)}, "adapter.backdoor"),
         ({"adapter.proj.weight": np.zeros((4, 4))}, "adapter.proj.bias"),
@@ -88,8 +101,9 @@ def test_strategies_and_central_dp_build(name):
 
 def test_central_dp_clips_each_update_to_the_norm():
     """Flower's server-side fixed clipping: with zero noise the aggregate moves at most C."""
-    config = FedConfig(dp="server", central_noise_multiplier=0.0, central_clipping_norm=0.5,
-                       central_num_sampled_clients=2)
+    config = FedConfig(
+        dp="server", central_noise_multiplier=0.0, central_clipping_norm=0.5, central_num_sampled_clients=2
+    )
     strategy = build_strategy(config, spec_of(_global()))
     strategy.strategy.current_arrays = _global()  # what configure_train records before a round
     big = ArrayRecord({"adapter.proj.weight": _arr(np.full((4, 4), 10.0)), "adapter.proj.bias": _arr(np.full(4, 10.0))})

@@ -16,14 +16,14 @@ from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_doc
 from softcar.encoder import default_encoder_path
 from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
 from softcar.interface import Retriever
-from softcar.persistence import atomic_directory, jsonable, write_json, write_tensors
-from softcar.report import format_table
-from softcar.query_generation import QUESTION_PROMPT, QueryGenerator, parse_questions
-from softcar.retriever import ClassifierRetriever, TrainingSetup
-from softcar.trainer import ProgressBar, Regularizer, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.losses import ClassificationLoss
 from softcar.model import ClassifierHead, SoftcarModel
+from softcar.persistence import atomic_directory, jsonable, write_json, write_tensors
+from softcar.query_generation import QUESTION_PROMPT, QueryGenerator, parse_questions
 from softcar.regularizers import HeadAnchor, ProximalTerm
+from softcar.report import format_table
+from softcar.retriever import ClassifierRetriever, TrainingSetup
+from softcar.trainer import ProgressBar, Regularizer, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.validation import TrainingPair, normalize_pairs, validate_k, validate_queries, validate_query
 from softcar.version import __version__
 

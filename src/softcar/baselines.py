@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from typing_extensions import Self
 
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
-from softcar.config import DEFAULT_ENCODER, PoolingKind, RetrieverConfig
+from softcar.config import PoolingKind, RetrieverConfig
 from softcar.documents import Document
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CorruptCheckpointError
@@ -51,8 +51,11 @@ class InnerProductRetriever(BaseRetriever):
     ) -> None:
         self._init_store()
         self.config = RetrieverConfig(
-            encoder=encoder, encoder_kwargs=encoder_kwargs, pooling=pooling,
-            max_query_length=max_query_length, max_document_length=max_document_length,
+            encoder=encoder,
+            encoder_kwargs=encoder_kwargs,
+            pooling=pooling,
+            max_query_length=max_query_length,
+            max_document_length=max_document_length,
         )
         self.batch_size = batch_size
         self.device = torch.device(device or "cpu")
@@ -66,8 +69,12 @@ class InnerProductRetriever(BaseRetriever):
         if not texts:
             return torch.zeros(0, self.encoder.dim)
         vectors = embed_texts(
-            lambda ids, mask: F.normalize(self.encoder(ids, mask), dim=-1), self.tokenizer, texts,
-            max_length=max_length, batch_size=self.batch_size, device=self.device,
+            lambda ids, mask: F.normalize(self.encoder(ids, mask), dim=-1),
+            self.tokenizer,
+            texts,
+            max_length=max_length,
+            batch_size=self.batch_size,
+            device=self.device,
         )
         return vectors.cpu()
 
@@ -161,7 +168,9 @@ class BM25Retriever(BaseRetriever):
             assert self._index is not None
             tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False, return_ids=False)
             empty = np.zeros(len(self._documents), dtype=np.float32)  # a query of stopwords only
-            return torch.from_numpy(np.stack([self._index.get_scores(t) if t else empty for t in tokens]).astype(np.float32))
+            return torch.from_numpy(
+                np.stack([self._index.get_scores(t) if t else empty for t in tokens]).astype(np.float32)
+            )
 
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._index is not None

@@ -7,12 +7,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(
-    help="softcar: a frozen small language model + trainable soft-embedding adapter + classifier head, used as a retriever.",
+    help=(
+        "softcar: a frozen small language model + trainable soft-embedding adapter + classifier head, "
+        "used as a retriever."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -47,12 +50,22 @@ def _load_corpus(data: Path):
 
 @app.command()
 def fit(
-    data: Annotated[Path, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a JSONL file of documents.")],
+    data: Annotated[
+        Path, typer.Argument(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) or a JSONL file of documents.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the checkpoint to (replaced atomically).")],
-    encoder: Annotated[Optional[str], typer.Option(help="Local model folder; default: packaged all-MiniLM-L6-v2.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Local model folder; default: packaged all-MiniLM-L6-v2.")] = None,
     adapter: Annotated[str, typer.Option(help="'linear' or 'mlp'.")] = "linear",
     pooling: Annotated[str, typer.Option(help="'auto', 'mean', 'last' or 'cls'.")] = "auto",
-    epochs: Annotated[int, typer.Option(help="Training epochs (0 = no training: inner-product search, with rows seeded by any qrels/train.tsv questions).")] = 4,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            help=(
+                "Training epochs (0 = no training: head rows are the documents' embeddings; question rows "
+                "and BM25 fusion still apply)."
+            )
+        ),
+    ] = 4,
     split: Annotated[str, typer.Option(help="qrels split used as labelled training pairs, if present.")] = "train",
     quiet: Quiet = False,
 ) -> None:
@@ -65,7 +78,9 @@ def fit(
         dataset = _load_corpus(data)
         pairs = dataset.training_pairs(split) if split in dataset.qrels else None
         retriever = ClassifierRetriever(
-            encoder, adapter=adapter, pooling=pooling,  # type: ignore[arg-type]
+            encoder,
+            adapter=adapter,
+            pooling=pooling,  # type: ignore[arg-type]
             config=TrainConfig(epochs=epochs, show_progress=not quiet),
         )
         retriever.fit(dataset.corpus, queries=pairs)
@@ -93,7 +108,9 @@ def query(
     except (SoftcarError, ValueError, TypeError) as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps([{"id": h.document.id, "score": h.score, "text": h.document.text} for h in hits], indent=2))
+        typer.echo(
+            json.dumps([{"id": h.document.id, "score": h.score, "text": h.document.text} for h in hits], indent=2)
+        )
         return
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit.document.text.split())[:160]
@@ -102,10 +119,13 @@ def query(
 
 @app.command("eval")
 def eval_(
-    model: Annotated[str, typer.Argument(help="Checkpoint folder, or 'bm25' / 'inner-product' to build that baseline on DATA's corpus.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Checkpoint folder, or 'bm25' / 'inner-product' to build that baseline on DATA's corpus."),
+    ],
     data: Annotated[Path, typer.Argument(help="BEIR folder with queries and qrels.")],
     split: Annotated[str, typer.Option(help="qrels split to evaluate on.")] = "test",
-    json_out: Annotated[Optional[Path], typer.Option("--json-out", help="Also write the metrics JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the metrics JSON here.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Recall@1/5/10, MRR@10, nDCG@10 and query latency of MODEL on DATA's SPLIT."""
@@ -139,9 +159,12 @@ def eval_(
 
 @app.command()
 def demo(
-    data: Annotated[Optional[Path], typer.Option(help="BEIR folder with 'train' and 'test' splits; default: the packaged chatterbot_qa set.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="BEIR folder with 'train' and 'test' splits; default: the packaged chatterbot_qa set."),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 3,
-    json_out: Annotated[Optional[Path], typer.Option("--json-out", help="Also write the results JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the results JSON here.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """The main job: fit softcar on a real Q&A corpus and compare it with BM25 and frozen search."""

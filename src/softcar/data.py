@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass, field
-import logging
 from pathlib import Path
 from typing import Literal
 

@@ -44,7 +44,10 @@ def run_demo(
     for name, build in (
         ("BM25 (bm25s)", lambda: BM25Retriever()),
         ("frozen inner product (MiniLM)", lambda: InnerProductRetriever()),
-        ("softcar (adapter + head)", lambda: ClassifierRetriever(config=TrainConfig(epochs=epochs, show_progress=show_progress))),
+        (
+            "softcar (adapter + head)",
+            lambda: ClassifierRetriever(config=TrainConfig(epochs=epochs, show_progress=show_progress)),
+        ),
     ):
         start = time.perf_counter()
         retrievers[name] = build().fit(dataset.corpus, queries=train_pairs or None)
@@ -67,5 +70,7 @@ def run_demo(
         correct = hit.document.id in test_qrels[qid]
         answers.append({"question": question, "answer_id": hit.document.id, "correct": correct})
         echo(f"Q: {question}")
-        echo(f"A: {' '.join(hit.document.text.split())[:200]}  [{hit.document.id}, {'correct' if correct else 'wrong'}]")
+        echo(
+            f"A: {' '.join(hit.document.text.split())[:200]}  [{hit.document.id}, {'correct' if correct else 'wrong'}]"
+        )
     return {"dataset": str(folder), "documents": len(dataset.corpus), "results": rows, "answers": answers}

@@ -58,8 +58,7 @@ def coerce_documents(
     """
     if isinstance(documents, (str, bytes, Document, Mapping)):
         raise InvalidDocumentError(
-            "documents must be an iterable of documents, not a single "
-            f"{type(documents).__name__}; wrap it in a list"
+            f"documents must be an iterable of documents, not a single {type(documents).__name__}; wrap it in a list"
         )
     seen = set(existing_ids)
     out: list[Document] = []

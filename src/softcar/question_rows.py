@@ -74,5 +74,7 @@ class QuestionRows:
     def load_state(self, texts: list[str], state: dict[str, torch.Tensor]) -> None:
         vectors, rows = state["vectors"], state["rows"]
         if len(texts) != len(vectors) or len(rows) != len(vectors) or vectors.shape[1:] != (self.dim,):
-            raise ValueError(f"question rows disagree: {len(texts)} texts, {tuple(vectors.shape)} vectors, {len(rows)} rows")
+            raise ValueError(
+                f"question rows disagree: {len(texts)} texts, {tuple(vectors.shape)} vectors, {len(rows)} rows"
+            )
         self.texts, self.vectors, self.rows = list(texts), vectors.float(), rows.long()

@@ -38,7 +38,9 @@ class ProximalTerm:
         mu: the proximal weight.
     """
 
-    def __init__(self, parameters: Mapping[str, nn.Parameter], reference: Mapping[str, torch.Tensor], mu: float) -> None:
+    def __init__(
+        self, parameters: Mapping[str, nn.Parameter], reference: Mapping[str, torch.Tensor], mu: float
+    ) -> None:
         missing = set(reference) - set(parameters)
         if missing:
             raise KeyError(f"proximal reference names unknown parameters: {sorted(missing)}")

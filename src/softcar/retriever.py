@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader
 from typing_extensions import Self
 
-from softcar.baselines import BM25Retriever
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
+from softcar.baselines import BM25Retriever
 from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringConfig, TrainConfig
 from softcar.documents import Document, DocumentLike, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
@@ -26,8 +26,8 @@ from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
 from softcar.query_generation import QueryGenerator, generate_questions
 from softcar.question_rows import QuestionRows
-from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, HeldOut, calibrate, combine, reword
 from softcar.regularizers import HeadAnchor
+from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, HeldOut, calibrate, combine, reword
 from softcar.trainer import ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
 from softcar.training_data import (
     Example,
@@ -164,9 +164,14 @@ class ClassifierRetriever(BaseRetriever):
     def _embed(self, texts: Sequence[str], max_length: int, description: str | None = None) -> torch.Tensor:
         """Unit-norm vectors of ``texts`` through the current adapter, in batches."""
         vectors = embed_texts(
-            self.model.embed, self.tokenizer, texts, max_length=max_length,
-            batch_size=self.config.train.encode_batch_size, device=self.device,
-            description=description, show_progress=self.config.train.show_progress,
+            self.model.embed,
+            self.tokenizer,
+            texts,
+            max_length=max_length,
+            batch_size=self.config.train.encode_batch_size,
+            device=self.device,
+            description=description,
+            show_progress=self.config.train.show_progress,
         )
         return vectors if len(texts) else torch.zeros(0, self.model.encoder.dim, device=self.device)
 
@@ -208,7 +213,9 @@ class ClassifierRetriever(BaseRetriever):
             parameter.requires_grad_(True)
         groups = []
         if cfg.train_adapter:
-            groups.append({"params": [p for n, p in named.items() if n.startswith("adapter.")], "lr": cfg.learning_rate})
+            groups.append(
+                {"params": [p for n, p in named.items() if n.startswith("adapter.")], "lr": cfg.learning_rate}
+            )
         if cfg.train_head:
             groups.append({"params": [named["head.weight"]], "lr": cfg.head_learning_rate})
         optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
@@ -231,7 +238,9 @@ class ClassifierRetriever(BaseRetriever):
             return TrainResult()
         setup = self.training_setup(examples)
         trainer = Trainer(
-            setup.model, setup.optimizer, setup.loss,
+            setup.model,
+            setup.optimizer,
+            setup.loss,
             regularizers=setup.regularizers,
             callbacks=[ProgressBar(description, cfg.show_progress), *self.callbacks],
             device=self.device,
@@ -263,7 +272,10 @@ class ClassifierRetriever(BaseRetriever):
         return self
 
     def _fit(
-        self, docs: list[Document], queries: Iterable[TrainingPair] | None, query_generator: QueryGenerator | None = None
+        self,
+        docs: list[Document],
+        queries: Iterable[TrainingPair] | None,
+        query_generator: QueryGenerator | None = None,
     ) -> None:
         cfg = self.config.train
         torch.manual_seed(cfg.seed)
@@ -320,7 +332,9 @@ class ClassifierRetriever(BaseRetriever):
             hidden = [i for i, row in enumerate(hide or []) if row >= 0]
             if hidden:
                 question_best[hidden] = self._questions.best_per_document(
-                    vectors[hidden], len(self._documents), torch.tensor([hide[i] for i in hidden])  # type: ignore[index]
+                    vectors[hidden],
+                    len(self._documents),
+                    torch.tensor([hide[i] for i in hidden]),  # type: ignore[index]
                 ).cpu()
         return HeldOut(soft, question_best, self._lexical.score_all(texts) if lexical else None, labels)
 
@@ -346,7 +360,9 @@ class ClassifierRetriever(BaseRetriever):
         seen = self._held_out([reword(t, rng) for t in texts], labels, None, use_lexical)
         coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0
         self.calibration = calibrate(
-            unseen, seen if unseen.question_best is not None else None, coverage,
+            unseen,
+            seen if unseen.question_best is not None else None,
+            coverage,
             hybrid_grid=HYBRID_GRID if fixed_alpha is None else (fixed_alpha,),
             offset_grid=OFFSET_GRID if scoring.question_offset is None else (scoring.question_offset,),
             tolerance=scoring.calibration_tolerance,
@@ -458,7 +474,9 @@ class ClassifierRetriever(BaseRetriever):
                 if not isinstance(tensor, torch.Tensor):
                     raise CheckpointError(f"{key}: expected a tensor, got {type(tensor).__name__}")
                 if tuple(tensor.shape) != tuple(named[key].shape):
-                    raise CheckpointError(f"{key}: shape {tuple(tensor.shape)} does not match {tuple(named[key].shape)}")
+                    raise CheckpointError(
+                        f"{key}: shape {tuple(tensor.shape)} does not match {tuple(named[key].shape)}"
+                    )
                 if not torch.isfinite(tensor).all():
                     raise CheckpointError(f"{key}: contains NaN or Inf")
             with torch.no_grad():

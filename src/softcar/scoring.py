@@ -122,6 +122,9 @@ def calibrate(
     best = max(r[0] for r in results)
     expected, on_unseen, alpha, offset = max((r for r in results if r[0] >= best - tolerance), key=lambda r: r[1])
     return Calibration(
-        hybrid_weight=alpha, question_offset=offset, expected_recall=expected, unseen_recall=on_unseen,
+        hybrid_weight=alpha,
+        question_offset=offset,
+        expected_recall=expected,
+        unseen_recall=on_unseen,
         pairs=len(unseen.labels),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoTokenizer, PreTrainedModel, BertConfig, BertModel, LlamaConfig, LlamaModel
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaModel, PreTrainedModel
 
 from softcar.encoder import default_encoder_path
 
@@ -29,8 +29,14 @@ def make_tiny_encoder(
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(default_encoder_path(), local_files_only=True)
-    common: dict[str, Any] = dict(vocab_size=tokenizer.vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                  num_attention_heads=2, intermediate_size=hidden_size * 2, max_position_embeddings=512)
+    common: dict[str, Any] = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+    )
     model: PreTrainedModel
     if kind == "bert":
         model = BertModel(BertConfig(**common))

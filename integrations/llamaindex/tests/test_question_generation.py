@@ -8,10 +8,10 @@ import pytest
 from llama_index.core.llms import CompletionResponse, CustomLLM, LLMMetadata
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.schema import TextNode
-from softcar import TrainConfig
-from softcar.errors import QueryGenerationError
 
 from llama_index.retrievers.softcar import ClassifierRetriever, question_generator
+from softcar import TrainConfig
+from softcar.errors import QueryGenerationError
 
 CONFIG = TrainConfig(epochs=1, batch_size=8, pseudo_queries_per_document=2, round_trip_top_k=50, show_progress=False)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from langchain_core.documents import Document
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from softcar import TrainConfig
-from softcar.errors import QueryGenerationError
 
 from langchain_softcar import ClassifierRetriever, question_generator
+from softcar import TrainConfig
+from softcar.errors import QueryGenerationError
 
 CONFIG = TrainConfig(epochs=1, batch_size=8, pseudo_queries_per_document=2, round_trip_top_k=6, show_progress=False)
 
