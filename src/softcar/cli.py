@@ -79,7 +79,7 @@ def fit(
         pairs = dataset.training_pairs(split) if split in dataset.qrels else None
         retriever = ClassifierRetriever(
             encoder,
-            adapter=adapter,
+            adapter=adapter,  # type: ignore[arg-type]  # validated by RetrieverConfig
             pooling=pooling,  # type: ignore[arg-type]
             config=TrainConfig(epochs=epochs, show_progress=not quiet),
         )
