@@ -10,14 +10,12 @@ Run (after ``bash scripts/install.sh``):  .venv/bin/python examples/langchain_ra
 
 from __future__ import annotations
 
-import argparse
-import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
+from example_data import load_data, parse_args
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage
@@ -28,13 +26,10 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from transformers import AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from langchain_softcar import ClassifierRetriever
-from softcar import BeirDataset, TrainConfig, default_encoder_path, load_beir, packaged_dataset_path
-from softcar.errors import DatasetError
+from softcar import TrainConfig, default_encoder_path
 
-FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "python-faq"
 EVAL_K = 10  # hit rate@10 and MRR@10, as LlamaIndex's RetrieverEvaluator would at top_k=10
 CHAIN_K = 3
 
@@ -74,17 +69,6 @@ class FrozenMiniLMEmbeddings(Embeddings):
 
     def embed_query(self, text: str) -> list[float]:
         return self._embed([text], 64)[0]
-
-
-def load_data(path: str | None) -> tuple[str, BeirDataset]:
-    """The packaged chatterbot_qa set; the Python FAQ (../shared/data/python-faq) as a fallback."""
-    if path:
-        return Path(path).name, load_beir(path)
-    try:
-        folder = packaged_dataset_path("chatterbot_qa")
-    except DatasetError:
-        folder = FAQ
-    return folder.name, load_beir(folder)
 
 
 def hit_rate_and_mrr(
@@ -130,14 +114,7 @@ def rag_chain(retriever: BaseRetriever) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="a BEIR folder (default: the packaged chatterbot_qa set)")
-    parser.add_argument(
-        "--epochs", type=int, default=2, help="softcar training epochs (default 2: under 2 minutes on 2 CPU cores)"
-    )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    hf_logging.disable_progress_bar()
+    args = parse_args(__doc__.splitlines()[0])
 
     name, data = load_data(args.data)
     test_queries, test_qrels = data.split("test")

@@ -12,15 +12,14 @@ Run (after ``bash scripts/install.sh``):  .venv/bin/python examples/llamaindex_q
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from example_data import load_data, parse_args
 from llama_index.core import VectorStoreIndex
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import PrivateAttr
@@ -28,13 +27,10 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import TextNode
 from transformers import AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from llama_index.retrievers.softcar import ClassifierRetriever, evaluate_retriever
-from softcar import BeirDataset, TrainConfig, default_encoder_path, load_beir, packaged_dataset_path
-from softcar.errors import DatasetError
+from softcar import BeirDataset, TrainConfig, default_encoder_path
 
-FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "python-faq"
 EVAL_K = 10
 ENGINE_K = 3
 
@@ -76,17 +72,6 @@ class FrozenMiniLMEmbedding(BaseEmbedding):
         return self._embed(texts, 256)
 
 
-def load_data(path: str | None) -> tuple[str, BeirDataset]:
-    """The packaged chatterbot_qa set; the Python FAQ (../shared/data/python-faq) as a fallback."""
-    if path:
-        return Path(path).name, load_beir(path)
-    try:
-        folder = packaged_dataset_path("chatterbot_qa")
-    except DatasetError:
-        folder = FAQ
-    return folder.name, load_beir(folder)
-
-
 def qa_dataset(data: BeirDataset, split: str) -> dict[str, Any]:
     """A BEIR split as ``EmbeddingQAFinetuneDataset`` JSON: queries, corpus, relevant_docs."""
     queries, qrels = data.split(split) if split in data.qrels else ({}, {})
@@ -99,14 +84,7 @@ def qa_dataset(data: BeirDataset, split: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", help="a BEIR folder (default: the packaged chatterbot_qa set)")
-    parser.add_argument(
-        "--epochs", type=int, default=2, help="softcar training epochs (default 2: under 2 minutes on 2 CPU cores)"
-    )
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    hf_logging.disable_progress_bar()
+    args = parse_args(__doc__.splitlines()[0])
 
     name, data = load_data(args.data)
     train, test = qa_dataset(data, "train"), qa_dataset(data, "test")

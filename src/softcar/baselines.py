@@ -50,13 +50,8 @@ class InnerProductRetriever(BaseRetriever):
         device: str | None = None,
     ) -> None:
         self._init_store()
-        self.config = RetrieverConfig(
-            encoder=encoder,
-            encoder_kwargs=encoder_kwargs,
-            pooling=pooling,
-            max_query_length=max_query_length,
-            max_document_length=max_document_length,
-        )
+        lengths = {"max_query_length": max_query_length, "max_document_length": max_document_length}
+        self.config = RetrieverConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, pooling=pooling, **lengths)
         self.batch_size = batch_size
         self.device = torch.device(device or "cpu")
         loaded = load_encoder(self.config.encoder, show_progress=show_progress, **self.config.encoder_kwargs)

@@ -17,7 +17,11 @@ from softcar.documents import Document, DocumentLike, ScoredDocument
 
 @runtime_checkable
 class Retriever(Protocol):
-    """What every softcar retriever offers."""
+    """What every softcar retriever instance offers.
+
+    Loading is a class-level constructor and not part of the instance protocol:
+    ``softcar.load_retriever(path)`` loads any checkpoint, ``SomeRetriever.load(path)`` one kind.
+    """
 
     @property
     def documents(self) -> list[Document]: ...
@@ -31,13 +35,3 @@ class Retriever(Protocol):
     def add_documents(self, documents: Iterable[DocumentLike]) -> list[str]: ...
 
     def save(self, path: str | os.PathLike[str]) -> None: ...
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        encoder: str | os.PathLike[str] | None = None,
-        *,
-        device: str | None = None,
-        show_progress: bool | None = None,
-    ) -> Self: ...

@@ -116,10 +116,8 @@ class ClassifierRetriever(BaseRetriever):
         elif retriever_kwargs:
             raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
         records = [_record(doc, str(i)) for i, doc in enumerate(documents)]
-        if llm is None:
-            retriever.fit(records, queries=queries)
-        else:
-            retriever.fit(records, queries=queries, query_generator=question_generator(llm, questions_per_document))
+        generation = {} if llm is None else {"query_generator": question_generator(llm, questions_per_document)}
+        retriever.fit(records, queries=queries, **generation)
         return cls(retriever=retriever, k=k)
 
     @classmethod

@@ -158,10 +158,8 @@ class ClassifierRetriever(BaseRetriever):
             raise TypeError(f"unexpected arguments with an explicit retriever: {sorted(retriever_kwargs)}")
         pairs = training_pairs(queries) if is_finetune_dataset(queries) else queries
         records = [_record(node) for node in nodes]
-        if llm is None:
-            retriever.fit(records, queries=pairs)
-        else:
-            retriever.fit(records, queries=pairs, query_generator=question_generator(llm, questions_per_node))
+        generation = {} if llm is None else {"query_generator": question_generator(llm, questions_per_node)}
+        retriever.fit(records, queries=pairs, **generation)
         return cls(retriever, similarity_top_k, callback_manager=callback_manager)
 
     @classmethod
