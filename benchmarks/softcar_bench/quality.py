@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.softcar_bench.datasets import FAQ_PATH, load_dataset
 from softcar import (
     BM25Retriever,
     ClassifierRetriever,
@@ -34,8 +35,6 @@ from softcar import (
     query_latency,
     write_json,
 )
-
-from benchmarks.softcar_bench.datasets import FAQ_PATH, load_dataset
 
 DEBIAN = FAQ_PATH.parent / "debian-packages"
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "quality.json"
@@ -98,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debian-docs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default="", help="Semicolon-separated retriever names to run (default: all).")
-    parser.add_argument("--skip", default="", help="Semicolon-separated setting:retriever names not to run (resuming a run).")
+    parser.add_argument(
+        "--skip", default="", help="Semicolon-separated setting:retriever names not to run (resuming a run)."
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
@@ -117,15 +118,28 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(retriever, queries, qrels)
             latency = query_latency(retriever, list(queries.values())[:50])
             calibration = getattr(retriever, "calibration", None)
-            rows.append({
-                "setting": setting, "retriever": name, "R@1": metrics["R@1"], "MRR@10": metrics["MRR@10"],
-                "p50 ms": latency["p50_ms"], "fit s": fit_s,
-                "α": "" if calibration is None else calibration.hybrid_weight,
-                "b": "" if calibration is None else str(calibration.question_offset),
-            })
+            rows.append(
+                {
+                    "setting": setting,
+                    "retriever": name,
+                    "R@1": metrics["R@1"],
+                    "MRR@10": metrics["MRR@10"],
+                    "p50 ms": latency["p50_ms"],
+                    "fit s": fit_s,
+                    "α": "" if calibration is None else calibration.hybrid_weight,
+                    "b": "" if calibration is None else str(calibration.question_offset),
+                }
+            )
             print(format_table(rows[-1:]), flush=True)
-            write_json(args.out, {"epochs": args.epochs, "debian_docs": args.debian_docs, "rows": rows,
-                                  "wall_s": time.perf_counter() - started})
+            write_json(
+                args.out,
+                {
+                    "epochs": args.epochs,
+                    "debian_docs": args.debian_docs,
+                    "rows": rows,
+                    "wall_s": time.perf_counter() - started,
+                },
+            )
     print(format_table(rows, ["setting", "retriever", "R@1", "MRR@10", "p50 ms", "fit s", "α", "b"]))
     return 0
 
