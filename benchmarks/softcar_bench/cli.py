@@ -22,36 +22,60 @@ DEFAULT_OUT = BENCHMARKS / "results" / "latest.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="softcar_bench", description=PACKAGE_DOC,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="softcar_bench", description=PACKAGE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add = parser.add_argument
     add("--datasets", default="chatterbot_qa,python-faq")
     add("--settings", default="A,B")
     add("--epochs", type=int, default=None, help="softcar epochs (default: TrainConfig's)")
-    add("--ft-epochs", type=int, default=1,
-        help="full fine-tuning epochs (default 1: capped to fit the 2-core budget; softcar uses 4)")
+    add(
+        "--ft-epochs",
+        type=int,
+        default=1,
+        help="full fine-tuning epochs (default 1: capped to fit the 2-core budget; softcar uses 4)",
+    )
     add("--ft-lr", type=float, default=2e-5, help="full fine-tuning learning rate (AdamW)")
-    add("--ft-datasets", default="chatterbot_qa",
-        help="datasets with the full fine-tuning reference (default: chatterbot_qa only, for time)")
+    add(
+        "--ft-datasets",
+        default="chatterbot_qa",
+        help="datasets with the full fine-tuning reference (default: chatterbot_qa only, for time)",
+    )
     add("--ft-settings", default="A,B", help="settings with the full fine-tuning reference")
-    add("--ablations-datasets", default="chatterbot_qa",
-        help="datasets with head-only / adapter-only (default: chatterbot_qa only, for time)")
-    add("--resume", action="store_true",
-        help="reuse the results already in --out (e.g. of an interrupted run) instead of re-running them")
+    add(
+        "--ablations-datasets",
+        default="chatterbot_qa",
+        help="datasets with head-only / adapter-only (default: chatterbot_qa only, for time)",
+    )
+    add(
+        "--resume",
+        action="store_true",
+        help="reuse the results already in --out (e.g. of an interrupted run) instead of re-running them",
+    )
     add("--resume-from", default=None, help="comma-separated result JSONs to reuse as with --resume")
-    add("--no-run", action="store_true",
-        help="run nothing: assemble --out from --resume/--resume-from results and print the tables")
+    add(
+        "--no-run",
+        action="store_true",
+        help="run nothing: assemble --out from --resume/--resume-from results and print the tables",
+    )
     add("--no-latency", action="store_true", help="skip the query-latency comparison")
     add("--tune", action="store_true", help="also run the softcar TrainConfig variants (chatterbot_qa)")
     add("--tune-only", action="store_true", help="run only the tuning variants")
     add("--micro-steps", type=int, default=16, help="steps per method in the one-step micro-benchmark (0: skip)")
     add("--threads", type=int, default=None, help="torch threads per job (default: cpu count)")
-    add("--quick", action="store_true",
-        help="smoke configuration (< 2 min): chatterbot_qa only, 24 documents, 1 epoch, in-process")
+    add(
+        "--quick",
+        action="store_true",
+        help="smoke configuration (< 2 min): chatterbot_qa only, 24 documents, 1 epoch, in-process",
+    )
     add("--in-process", action="store_true", help="run jobs in this process (no per-job memory isolation)")
     add("--out", default=str(DEFAULT_OUT), help="results JSON (the Markdown tables go beside it, .md)")
-    add("--merge-tuning", default=None, metavar="JSON",
-        help="no run: copy the tuning rows of JSON into --out (an earlier result) and re-print it")
+    add(
+        "--merge-tuning",
+        default=None,
+        metavar="JSON",
+        help="no run: copy the tuning rows of JSON into --out (an earlier result) and re-print it",
+    )
     return parser
 
 
@@ -153,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     sources = ([out] if args.resume and out.is_file() else []) + [Path(p) for p in _split(args.resume_from)]
     previous = [json.loads(source.read_text()) for source in sources]
     for source, prev in zip(sources, previous, strict=True):
-        report["notes"].append(f"resumed: results in {source.name} from `{prev.get('command')}` "
-                               f"(started {prev.get('started')}) were reused, not re-run")
+        report["notes"].append(
+            f"resumed: results in {source.name} from `{prev.get('command')}` "
+            f"(started {prev.get('started')}) were reused, not re-run"
+        )
     report["resumed_from"] = [{k: p.get(k) for k in ("command", "started", "run_time_s")} for p in previous]
 
     report = Benchmark(options, runner, out, report, previous).run()

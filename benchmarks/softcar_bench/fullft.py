@@ -63,8 +63,9 @@ def no_duplicate_batches(labels: Sequence[int], batch_size: int, rng: random.Ran
 class MnrlBatches:
     """Tokenised MNRL batches, reshuffled each epoch with ``seed + epoch`` (as softcar's loader)."""
 
-    def __init__(self, model: Any, examples: Sequence[tuple[str, str]], labels: Sequence[int],
-                 batch_size: int, seed: int) -> None:
+    def __init__(
+        self, model: Any, examples: Sequence[tuple[str, str]], labels: Sequence[int], batch_size: int, seed: int
+    ) -> None:
         self.model, self.examples, self.labels = model, examples, labels
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
 
@@ -98,8 +99,13 @@ class SentenceTransformerRetriever:
 
     def _encode(self, texts: list[str], max_length: int) -> Any:
         self.model.max_seq_length = max_length
-        return self.model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                                 normalize_embeddings=True, show_progress_bar=False)
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
 
     def fit(self, documents: list[Any], queries: Any = None) -> SentenceTransformerRetriever:
         self._documents = list(documents)
@@ -157,8 +163,9 @@ class FullFineTuneJob:
         torch.manual_seed(cfg.seed)
         model = load_sentence_transformer()
         clock, steps = training_callbacks()
-        trainer = Trainer(model, torch.optim.AdamW(model.parameters(), lr=self.lr), MnrlLoss(model),
-                          callbacks=[clock, steps])
+        trainer = Trainer(
+            model, torch.optim.AdamW(model.parameters(), lr=self.lr), MnrlLoss(model), callbacks=[clock, steps]
+        )
         batches = MnrlBatches(model, examples, [row for _, row in rows], cfg.batch_size, cfg.seed)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         with PeakMemory() as memory:

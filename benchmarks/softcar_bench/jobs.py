@@ -167,10 +167,16 @@ class MicroJob:
         retriever = ClassifierRetriever(config=train_config({"epochs": 0})).fit(data.corpus)
         sample = random.Random(0).sample(retriever.training_examples(), self.batch_size)
         texts = [text for text, _ in sample]
-        batch = dict(retriever.tokenizer(texts, padding="max_length", truncation=True, max_length=self.seq_len,
-                                         return_tensors="pt"))
-        batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                 "labels": torch.tensor([row for _, row in sample])}
+        batch = dict(
+            retriever.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=self.seq_len, return_tensors="pt"
+            )
+        )
+        batch = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "labels": torch.tensor([row for _, row in sample]),
+        }
         model = retriever.model
         light = list(model.adapter.parameters()) + [model.head.weight]
         method_params = {"softcar": light, "full_ft_same_loss": light + list(model.encoder.model.parameters())}
@@ -181,8 +187,9 @@ class MicroJob:
         counts: dict[str, int] = {}
         for name, params in method_params.items():
             # tiny lr: the shared model barely moves between the alternating methods
-            trainers[name] = Trainer(model, torch.optim.AdamW(params, lr=1e-6), ClassificationLoss(20.0),
-                                     callbacks=[StepTimer()])
+            trainers[name] = Trainer(
+                model, torch.optim.AdamW(params, lr=1e-6), ClassificationLoss(20.0), callbacks=[StepTimer()]
+            )
             batches[name] = batch
             prepare[name] = _trainable_only(model, params)
             counts[name] = sum(p.numel() for p in params)
@@ -193,12 +200,16 @@ class MicroJob:
             st.max_seq_length = self.seq_len
 
             def fixed(batch_texts: list[str]) -> dict[str, Any]:
-                return dict(st.tokenizer(batch_texts, padding="max_length", truncation=True,
-                                         max_length=self.seq_len, return_tensors="pt"))
+                return dict(
+                    st.tokenizer(
+                        batch_texts, padding="max_length", truncation=True, max_length=self.seq_len, return_tensors="pt"
+                    )
+                )
 
             documents = retriever.documents
-            trainers["full_ft_mnrl"] = Trainer(st, torch.optim.AdamW(st.parameters(), lr=1e-6), MnrlLoss(st),
-                                               callbacks=[StepTimer()])
+            trainers["full_ft_mnrl"] = Trainer(
+                st, torch.optim.AdamW(st.parameters(), lr=1e-6), MnrlLoss(st), callbacks=[StepTimer()]
+            )
             doc_texts = [documents[row].text for _, row in sample]
             batches["full_ft_mnrl"] = {"queries": fixed(texts), "documents": fixed(doc_texts)}
             prepare["full_ft_mnrl"] = _trainable_only(st, list(st.parameters()))
@@ -216,8 +227,12 @@ class MicroJob:
         out: dict[str, Any] = {}
         for name in names:
             ms = [1000 * s for s in trainers[name].callbacks[0].seconds]
-            out[name] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "steps": len(ms),
-                         "trainable_params": counts[name]}
+            out[name] = {
+                "median_ms": statistics.median(ms),
+                "min_ms": min(ms),
+                "steps": len(ms),
+                "trainable_params": counts[name],
+            }
         out["batch_size"], out["seq_len"] = self.batch_size, self.seq_len
         out["ratio_softcar_vs_full_same_loss"] = out["softcar"]["median_ms"] / out["full_ft_same_loss"]["median_ms"]
         if "full_ft_mnrl" in out:

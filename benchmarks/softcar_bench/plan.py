@@ -67,8 +67,14 @@ class Benchmark:
     ``previous``: earlier reports whose results are reused instead of re-run (``--resume``).
     """
 
-    def __init__(self, options: RunOptions, runner: JobRunner, out: Path, report: dict[str, Any],
-                 previous: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        options: RunOptions,
+        runner: JobRunner,
+        out: Path,
+        report: dict[str, Any],
+        previous: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.options, self.runner, self.out, self.report = options, runner, out, report
         self.previous = previous or []
         self.started = time.perf_counter()
@@ -147,8 +153,10 @@ class Benchmark:
         if not with_ft:
             self.notes.append(f"{dataset}: no full fine-tuning reference (--ft-datasets), to keep the run in budget")
         elif opts.ft_epochs != softcar_epochs:
-            self.notes.append(f"{dataset}: full fine-tuning capped at {opts.ft_epochs} epoch(s) "
-                              f"(softcar: {softcar_epochs}) to keep the run within budget")
+            self.notes.append(
+                f"{dataset}: full fine-tuning capped at {opts.ft_epochs} epoch(s) "
+                f"(softcar: {softcar_epochs}) to keep the run within budget"
+            )
         for setting in opts.settings:
             results: dict[str, Any] = entry["settings"].setdefault(setting, {})
             if "error" not in base:
@@ -161,26 +169,47 @@ class Benchmark:
                     log(f"{method} {dataset} {setting} (reused)")
                     results[method] = old
                     continue
-                results[method] = self.run_job(SoftcarJob(
-                    dataset, setting, method, train={**opts.base_train, **SOFTCAR_METHODS[method]},
-                    latency=method == "softcar" and setting == opts.settings[0] and opts.latency,
-                    threads=opts.threads, max_docs=opts.max_docs))
+                results[method] = self.run_job(
+                    SoftcarJob(
+                        dataset,
+                        setting,
+                        method,
+                        train={**opts.base_train, **SOFTCAR_METHODS[method]},
+                        latency=method == "softcar" and setting == opts.settings[0] and opts.latency,
+                        threads=opts.threads,
+                        max_docs=opts.max_docs,
+                    )
+                )
                 self.checkpoint()
             old = self.reuse(dataset, setting, "full_ft")
             if old:
                 results["full_ft"] = old
             elif with_ft and setting in opts.ft_settings:
-                results["full_ft"] = self.run_job(FullFineTuneJob(
-                    dataset, setting, train=opts.base_train, epochs=opts.ft_epochs, lr=opts.ft_lr,
-                    threads=opts.threads, max_docs=opts.max_docs))
+                results["full_ft"] = self.run_job(
+                    FullFineTuneJob(
+                        dataset,
+                        setting,
+                        train=opts.base_train,
+                        epochs=opts.ft_epochs,
+                        lr=opts.ft_lr,
+                        threads=opts.threads,
+                        max_docs=opts.max_docs,
+                    )
+                )
                 self.checkpoint()
 
     def run_micro(self) -> None:
         from softcar import TrainConfig
 
         opts = self.options
-        job = MicroJob("chatterbot_qa", batch_size=TrainConfig(**opts.base_train).batch_size, seq_len=32,
-                       steps=3 if opts.quick else opts.micro_steps, threads=opts.threads, max_docs=opts.max_docs)
+        job = MicroJob(
+            "chatterbot_qa",
+            batch_size=TrainConfig(**opts.base_train).batch_size,
+            seq_len=32,
+            steps=3 if opts.quick else opts.micro_steps,
+            threads=opts.threads,
+            max_docs=opts.max_docs,
+        )
         self.report["train_step_micro"] = self.run_job(job)
         self.checkpoint()
 
@@ -202,8 +231,17 @@ class Benchmark:
                     continue
                 train = {**opts.base_train, **variant.get("train", {})}
                 adapter = variant.get("adapter", "linear")
-                res = self.run_job(SoftcarJob("chatterbot_qa", setting, label, train=train, adapter=adapter,
-                                              threads=opts.threads, max_docs=opts.max_docs))
+                res = self.run_job(
+                    SoftcarJob(
+                        "chatterbot_qa",
+                        setting,
+                        label,
+                        train=train,
+                        adapter=adapter,
+                        threads=opts.threads,
+                        max_docs=opts.max_docs,
+                    )
+                )
                 row: dict[str, Any] = {"setting": setting, "variant": label, "train": train, "adapter": adapter}
                 if "error" in res:
                     row["error"] = res["error"]
@@ -222,12 +260,20 @@ def merge_tuning(out: Path, tuning_json: Path) -> dict[str, Any]:
     for setting, results in report["datasets"].get("chatterbot_qa", {}).get("settings", {}).items():
         res = results.get("softcar", {})
         if "metrics" in res:
-            defaults.append({"setting": setting, "variant": "default (main run)", "train": {}, "adapter": "linear",
-                             **{k: res[k] for k in ("metrics", "train_loop_s", "ms_per_example", "trainable_params")}})
+            defaults.append(
+                {
+                    "setting": setting,
+                    "variant": "default (main run)",
+                    "train": {},
+                    "adapter": "linear",
+                    **{k: res[k] for k in ("metrics", "train_loop_s", "ms_per_example", "trainable_params")},
+                }
+            )
     report["tuning"] = sorted(defaults + extra.get("tuning", []), key=lambda r: r["setting"])
     report.setdefault("notes", []).append(
         f"tuning rows from a separate run: `{extra.get('command')}` ({extra.get('run_time_s', 0):.0f} s, "
-        "run concurrently with the main run)")
+        "run concurrently with the main run)"
+    )
     report["tuning_run"] = {k: extra.get(k) for k in ("command", "started", "run_time_s", "machine", "config")}
     report["markdown"] = render(report)
     return report
