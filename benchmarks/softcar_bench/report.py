@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# softcar.report.format_table is internal to the core for now (to be exported as softcar.format_table).
-from softcar.report import format_table
+from softcar import format_table
 
 from .datasets import eval_splits, split_label
 
