@@ -55,6 +55,14 @@ class TrainConfig(BaseModel):
     """A generated question is kept if its document is in the frozen retriever's top k for it."""
     train_adapter: bool = True
     train_head: bool = True
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    """Share of the documents with labelled pairs whose pairs are kept out of training: scoring
+    is calibrated on them, and the trained adapter + head are kept only if they beat the
+    untrained model on them (softcar.holdout). 0: train on all pairs, calibrate on trained pairs
+    (the behaviour before, which let training lower R@1)."""
+    guard_margin: float = 0.0
+    """Held-out R@1 the trained model must gain over the untrained one to be kept (negative:
+    tolerate a loss). Applies to ``fit`` and ``update`` when pairs are held out."""
     update_epochs: PositiveInt = 3
     """Epochs over new feedback in ``update`` (``update(..., epochs=0)`` trains nothing)."""
     update_replay: int = Field(8, ge=0)

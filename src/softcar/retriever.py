@@ -21,6 +21,7 @@ from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringCon
 from softcar.documents import Document, DocumentLike, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError
+from softcar.holdout import keep_trained, split_by_document
 from softcar.losses import ClassificationLoss
 from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
@@ -132,6 +133,11 @@ class ClassifierRetriever(BaseRetriever):
         self.model = SoftcarModel(SoftEncoder(loaded.model, self.config)).to(self.device)
         self.model.eval()
         self._feedback: list[Example] = []
+        self._holdout: list[Example] = []
+        self._trained_beside_holdout = False
+        self.training_kept: bool | None = None
+        """Whether the last guarded training run was kept (``None``: nothing was held out to judge
+        by, so training was kept unjudged), see softcar.holdout."""
         scoring = self.config.scoring
         self._questions = QuestionRows(self.model.encoder.dim, scoring.max_question_rows_per_document)
         self._lexical = BM25Retriever()
@@ -284,17 +290,28 @@ class ClassifierRetriever(BaseRetriever):
         self._feedback = []
         self._add_rows(docs)
         pairs = self._rows(queries)
+        # Hold pairs out only when something will be trained (else every pair is honest evidence).
+        will_train = cfg.epochs > 0 and (cfg.train_adapter or cfg.train_head)
+        trained_pairs, self._holdout = split_by_document(pairs, cfg.holdout_fraction if will_train else 0.0, cfg.seed)
+        self._trained_beside_holdout = False
+        self.training_kept = None
         self._feedback.extend(pairs)
-        self._add_query_prototypes(pairs)
-        examples = span_examples(self._documents, range(len(docs)), cfg, cfg.seed) + pairs * cfg.labelled_repeats
+        self._add_query_prototypes(trained_pairs)
+        examples = span_examples(self._documents, range(len(docs)), cfg, cfg.seed)
+        examples += trained_pairs * cfg.labelled_repeats
         if query_generator is not None:
             examples += self._generated_examples(query_generator)
-        logger.info("fitting on %d documents, %d labelled pairs, %d examples", len(docs), len(pairs), len(examples))
+        logger.info(
+            "fitting on %d documents, %d labelled pairs (%d held out), %d examples",
+            len(docs),
+            len(pairs),
+            len(self._holdout),
+            len(examples),
+        )
         self._lexical.fit(docs)
         self._questions = QuestionRows(self.model.encoder.dim, self.config.scoring.max_question_rows_per_document)
-        self._train(examples, cfg.epochs, "fit")
         self._remember_questions(pairs)
-        self._calibrate()
+        self._guarded_train(examples, cfg.epochs, "fit")
 
     def _generated_examples(self, generator: QueryGenerator) -> list[Example]:
         """Synthetic questions that survive round-trip filtering under the (still frozen) model."""
@@ -310,6 +327,56 @@ class ClassifierRetriever(BaseRetriever):
         logger.info("round-trip filter kept %d of %d generated questions", len(kept), len(candidates))
         self.generated_questions = len(kept)
         return kept
+
+    def _guarded_train(self, examples: Sequence[Example], epochs: int, description: str) -> list[float]:
+        """Train, then keep the result only if it does not lose to the state before on the held-out pairs.
+
+        The state before (untrained, for ``fit``) is calibrated on the held-out pairs first; after
+        training they are calibrated on again (the trained parts never saw them) and
+        ``keep_trained`` decides. A roll-back restores adapter, head and question vectors and
+        re-calibrates (on all feedback if nothing was trained on it). Returns the loss per epoch
+        of the run, kept or not.
+        """
+        cfg = self.config.train
+        held = list(self._holdout)
+        will_train = bool(examples) and epochs > 0 and (cfg.train_adapter or cfg.train_head)
+        if not held or not will_train:
+            losses = self._train(examples, epochs, description).epoch_losses
+            if losses:
+                self._refresh_questions()
+            if will_train:
+                self.training_kept = None
+            self._calibrate()
+            return losses
+        untrained = self._calibrate(held)
+        snapshot = self.trainable_state_dict()
+        vectors = self._questions.vectors.clone()
+        losses = self._train(examples, epochs, description).epoch_losses
+        self._refresh_questions()
+        trained = self._calibrate(held)
+        self.training_kept = keep_trained(untrained, trained, cfg.guard_margin)
+        logger.info(
+            "%s on %d held-out pairs: untrained R@1 %.3f (unseen %.3f), trained %.3f (unseen %.3f): %s",
+            description,
+            len(held),
+            untrained.expected_recall or 0.0,
+            untrained.unseen_recall or 0.0,
+            trained.expected_recall or 0.0,
+            trained.unseen_recall or 0.0,
+            "kept" if self.training_kept else "rolled back",
+        )
+        if self.training_kept:
+            self._trained_beside_holdout = True
+        else:
+            self.load_trainable_state_dict(snapshot)
+            self._questions.vectors = vectors
+            self._calibrate()
+        return losses
+
+    def _trainable_feedback(self) -> list[Example]:
+        """Feedback that training may replay: everything but the held-out pairs."""
+        held = set(self._holdout)
+        return [pair for pair in self._feedback if pair not in held]
 
     def _remember_questions(self, pairs: Sequence[Example]) -> None:
         if self.config.scoring.question_rows and pairs:
@@ -338,17 +405,23 @@ class ClassifierRetriever(BaseRetriever):
                 ).cpu()
         return HeldOut(soft, question_best, self._lexical.score_all(texts) if lexical else None, labels)
 
-    def _calibrate(self) -> None:
-        """Choose hybrid weight and question-row offset on the feedback (softcar.scoring)."""
+    def _calibrate(self, pairs: Sequence[Example] | None = None) -> Calibration:
+        """Choose hybrid weight and question-row offset (softcar.scoring) and put them in force.
+
+        ``pairs`` default to the held-out pairs once the model was trained on the others (they
+        alone are honest then), else to all feedback. Returns the calibration.
+        """
         scoring = self.config.scoring
-        pairs = self._feedback[-scoring.calibration_pairs :]
+        if pairs is None:
+            pairs = self._holdout if self._holdout and self._trained_beside_holdout else self._feedback
+        pairs = list(pairs)[-scoring.calibration_pairs :]
         fixed_alpha = scoring.hybrid_weight
         if not pairs:
             self.calibration = Calibration(
                 hybrid_weight=scoring.default_hybrid_weight if fixed_alpha is None else fixed_alpha,
                 question_offset=scoring.question_offset if scoring.question_rows else None,
             )
-            return
+            return self.calibration
         labels = torch.tensor([row for _, row in pairs])
         use_lexical = fixed_alpha != 0
         # Questions about documents without feedback: each question's own row hidden.
@@ -368,6 +441,19 @@ class ClassifierRetriever(BaseRetriever):
             tolerance=scoring.calibration_tolerance,
         )
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
+        return self.calibration
+
+    def rescore(self, scoring: ScoringConfig) -> Calibration:
+        """Switch to other scoring settings (fusion, question rows, offsets) without retraining.
+
+        Re-calibrates on the feedback exactly as ``fit`` would have with ``scoring``; question
+        rows already remembered stay (``question_rows=False`` stops using them for scoring, except
+        that exact repeats still find their document). Returns the calibration now in force.
+        """
+        with self._lock:
+            require_fitted(self._documents, "ClassifierRetriever")
+            self.config = self.config.model_copy(update={"scoring": scoring})
+            return self._calibrate()
 
     def _add_query_prototypes(self, pairs: list[Example]) -> None:
         """Move each document's initial row toward its labelled queries' frozen embeddings.
@@ -404,7 +490,9 @@ class ClassifierRetriever(BaseRetriever):
         cfg = self.config.train
         if cfg.new_document_epochs:
             new = span_examples(self._documents, range(start, len(self._documents)), cfg, cfg.seed + start)
-            replay = replay_examples(self._documents, self._feedback, len(new), cfg, cfg.seed + len(self._feedback))
+            replay = replay_examples(
+                self._documents, self._trainable_feedback(), len(new), cfg, cfg.seed + len(self._feedback)
+            )
             self._train(new + replay, cfg.new_document_epochs, "add_documents")
             self._refresh_questions()
 
@@ -414,9 +502,11 @@ class ClassifierRetriever(BaseRetriever):
         Each question becomes a question row of its document at once (found again before any
         gradient step), then adapter and head train on the pairs mixed with replayed
         pseudo-queries and earlier feedback (``update_replay`` per pair) so the rest of the
-        corpus is not forgotten, and the scoring is re-calibrated on all feedback. ``epochs``
-        defaults to ``TrainConfig.update_epochs``; ``epochs=0`` skips training. Returns the
-        loss per epoch.
+        corpus is not forgotten. When ``fit`` held pairs out, the update is kept only if it does
+        not lower R@1 on them (else adapter and head roll back; the question rows stay), and the
+        scoring is re-calibrated on them; otherwise on all feedback. Feedback about a held-out
+        document takes it out of the held-out set. ``epochs`` defaults to
+        ``TrainConfig.update_epochs``; ``epochs=0`` skips training. Returns the loss per epoch.
         """
         with self._lock:
             require_fitted(self._documents, "ClassifierRetriever")
@@ -425,15 +515,15 @@ class ClassifierRetriever(BaseRetriever):
                 return []
             cfg = self.config.train
             count = max(len(pairs) * cfg.update_replay, cfg.batch_size)
-            replay = replay_examples(self._documents, self._feedback, count, cfg, cfg.seed + len(self._feedback))
+            replay = replay_examples(
+                self._documents, self._trainable_feedback(), count, cfg, cfg.seed + len(self._feedback)
+            )
             self._feedback.extend(pairs)
+            asked = {row for _, row in pairs}
+            self._holdout = [pair for pair in self._holdout if pair[1] not in asked]
             self._remember_questions(pairs)
             epochs = cfg.update_epochs if epochs is None else epochs
-            losses = self._train(pairs * cfg.labelled_repeats + replay, epochs, "update").epoch_losses
-            if losses:
-                self._refresh_questions()
-            self._calibrate()
-            return losses
+            return self._guarded_train(pairs * cfg.labelled_repeats + replay, epochs, "update")
 
     # ------------------------------------------------------------------ retrieval
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -524,4 +614,6 @@ class ClassifierRetriever(BaseRetriever):
         if len(self._questions) and int(self._questions.rows.max()) >= len(self._documents):
             raise CorruptCheckpointError(f"{folder}: a question row names a document the checkpoint does not hold")
         self._feedback = list(zip(self._questions.texts, self._questions.rows.tolist()))
+        self._holdout = []  # not persisted: after loading, calibration uses all feedback
+        self._trained_beside_holdout = False
         self._lexical.fit(self._documents)
