@@ -55,6 +55,19 @@ class TrainConfig(BaseModel):
     """A generated question is kept if its document is in the frozen retriever's top k for it."""
     train_adapter: bool = True
     train_head: bool = True
+    """With ``train_head=False`` the adapter learns against frozen document rows (and vice versa)."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Cross-entropy label smoothing (off unless it wins in the quality benchmark)."""
+    hard_negatives: int = Field(0, ge=0)
+    """> 0: the softmax runs over the true document and the head's own top-k other documents."""
+    margin: float = Field(0.2, ge=0)
+    """Inner-product margin of the pairwise term (``margin_weight``)."""
+    margin_weight: float = Field(0.0, ge=0)
+    """Weight of ``relu(margin - (s_true - s_hardest_other))`` added to the loss (0: off)."""
+    token_dropout: float = Field(0.0, ge=0, lt=1)
+    """Query augmentation: each training-query token (but the first) is masked with this probability."""
+    word_swap: float = Field(0.0, ge=0, lt=1)
+    """Query augmentation: adjacent training-query tokens are swapped with this probability."""
     holdout_fraction: float = Field(0.2, ge=0, lt=1)
     """Share of the documents with labelled pairs whose pairs are kept out of training: scoring
     is calibrated on them, and the trained adapter + head are kept only if they beat the

@@ -22,7 +22,7 @@ from softcar.documents import Document, DocumentLike, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError
 from softcar.holdout import keep_trained, split_by_document
-from softcar.losses import ClassificationLoss
+from softcar.losses import ClassificationLoss, training_loss
 from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
 from softcar.query_generation import QueryGenerator, generate_questions
@@ -233,7 +233,7 @@ class ClassifierRetriever(BaseRetriever):
             model=self.model,
             optimizer=optimizer,
             loader=example_loader(dataset, cfg.batch_size, cfg.seed),
-            loss=ClassificationLoss(cfg.logit_scale),
+            loss=training_loss(cfg),
             regularizers=regularizers,
             config=cfg,
         )
