@@ -35,7 +35,9 @@ def test_split_edge_cases(pairs: list[tuple[str, int]], fraction: float, held_do
 
 def test_keep_trained_needs_both_estimates() -> None:
     before = Calibration(expected_recall=0.8, unseen_recall=0.7)
-    assert keep_trained(before, Calibration(expected_recall=0.8, unseen_recall=0.7))  # ties keep
+    assert not keep_trained(before, Calibration(expected_recall=0.8, unseen_recall=0.7))  # a tie is no evidence
+    assert keep_trained(before, Calibration(expected_recall=0.8, unseen_recall=0.75))
+    assert keep_trained(before, Calibration(expected_recall=0.8, unseen_recall=0.7), margin=-0.01)
     assert not keep_trained(before, Calibration(expected_recall=0.9, unseen_recall=0.6))  # unseen lost
     assert not keep_trained(before, Calibration(expected_recall=0.9, unseen_recall=0.8), margin=0.2)
     assert keep_trained(Calibration(), Calibration(expected_recall=0.1, unseen_recall=0.1))  # nothing to judge

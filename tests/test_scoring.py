@@ -94,3 +94,12 @@ def test_stopword_only_query_is_scored(tiny_bert: str, corpus: list[Document]) -
     """BM25 has no terms for "what is it"; fusion must still answer (bm25s raises on no tokens)."""
     retriever = ClassifierRetriever(tiny_bert, config=FAST, scoring=ScoringConfig(hybrid_weight=0.5)).fit(corpus)
     assert len(retriever.retrieve("what is it", k=3)) == 3
+
+
+def test_calibration_ties_go_to_the_prior_weight_and_fewest_rows() -> None:
+    """Every setting gets every held-out question right: no evidence, so keep the prior."""
+    labels = torch.arange(3)
+    soft = torch.eye(3)
+    rows = torch.full((3, 3), float("-inf"))
+    chosen = calibrate(HeldOut(soft, rows, torch.eye(3), labels), prior_hybrid_weight=0.2)
+    assert chosen.hybrid_weight == 0.2 and chosen.question_offset is None

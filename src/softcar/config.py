@@ -74,8 +74,9 @@ class TrainConfig(BaseModel):
     untrained model on them (softcar.holdout). 0: train on all pairs, calibrate on trained pairs
     (the behaviour before, which let training lower R@1)."""
     guard_margin: float = 0.0
-    """Held-out R@1 the trained model must gain over the untrained one to be kept (negative:
-    tolerate a loss). Applies to ``fit`` and ``update`` when pairs are held out."""
+    """Held-out R@1 the trained model must gain over the untrained one to be kept; 0: it must
+    not lose and must gain somewhere (a tie rolls back); negative: tolerate a loss. Applies to
+    ``fit`` and ``update`` when pairs are held out."""
     update_epochs: PositiveInt = 3
     """Epochs over new feedback in ``update`` (``update(..., epochs=0)`` trains nothing)."""
     update_replay: int = Field(8, ge=0)

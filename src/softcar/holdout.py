@@ -37,13 +37,19 @@ def split_by_document(
 
 
 def keep_trained(untrained: Calibration, trained: Calibration, margin: float = 0.0) -> bool:
-    """Whether the trained model did at least as well (plus ``margin``) on the held-out feedback,
-    both in expected R@1 and on questions about documents without feedback (``unseen_recall``).
+    """Whether training earned its place on the held-out feedback.
 
+    The trained model must do at least as well (plus ``margin``) both in expected R@1 and on
+    questions about documents without feedback (``unseen_recall``), and strictly better in one
+    of them when ``margin`` is 0: a tie (common with a few dozen held-out pairs) is no evidence
+    that training helps, and the untrained model is the one known not to lose to frozen search.
     A calibration without estimates (nothing held out) keeps the trained model: there is no
     evidence either way, and training on the documents' own spans is the method's default.
     """
     pairs = ((untrained.expected_recall, trained.expected_recall), (untrained.unseen_recall, trained.unseen_recall))
-    if any(before is None or after is None for before, after in pairs):
+    known = [(before, after) for before, after in pairs if before is not None and after is not None]
+    if len(known) < len(pairs):
         return True
-    return all(after >= before + margin for before, after in pairs)  # type: ignore[operator]
+    if not all(after >= before + margin for before, after in known):
+        return False
+    return margin != 0 or any(after > before for before, after in known)

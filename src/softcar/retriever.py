@@ -439,6 +439,7 @@ class ClassifierRetriever(BaseRetriever):
             hybrid_grid=HYBRID_GRID if fixed_alpha is None else (fixed_alpha,),
             offset_grid=OFFSET_GRID if scoring.question_offset is None else (scoring.question_offset,),
             tolerance=scoring.calibration_tolerance,
+            prior_hybrid_weight=scoring.default_hybrid_weight,
         )
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
         return self.calibration

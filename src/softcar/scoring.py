@@ -101,6 +101,7 @@ def calibrate(
     hybrid_grid: Sequence[float] = HYBRID_GRID,
     offset_grid: Sequence[float | None] = OFFSET_GRID,
     tolerance: float = 0.01,
+    prior_hybrid_weight: float = 0.0,
 ) -> Calibration:
     """Choose hybrid weight and question-row offset (see the module docstring).
 
@@ -110,7 +111,11 @@ def calibrate(
     question rows, i.e. how often a new question is of the second kind if questions spread
     evenly over documents. The expected R@1 ``coverage·seen + (1-coverage)·unseen`` is
     maximised; among settings within ``tolerance`` of the best, the one with the best ``unseen``
-    R@1 wins, so documents without feedback keep as much as possible.
+    R@1 wins, so documents without feedback keep as much as possible. Exact ties (common with
+    a few dozen held-out pairs) go to the hybrid weight nearest ``prior_hybrid_weight`` (the one
+    used before there is any feedback) and then to the most conservative use of question rows
+    (largest offset, rows off best): with no evidence either way, stay where unlabelled
+    documents were.
     """
     results: list[tuple[float, float, float, float | None]] = []
     for alpha in hybrid_grid if unseen.lexical is not None else (0.0,):
@@ -120,7 +125,11 @@ def calibrate(
             on_seen = seen.recall(setting) if seen is not None else on_unseen
             results.append((coverage * on_seen + (1 - coverage) * on_unseen, on_unseen, alpha, offset))
     best = max(r[0] for r in results)
-    expected, on_unseen, alpha, offset = max((r for r in results if r[0] >= best - tolerance), key=lambda r: r[1])
+
+    def preference(r: tuple[float, float, float, float | None]) -> tuple[float, float, float]:
+        return r[1], -abs(r[2] - prior_hybrid_weight), float("inf") if r[3] is None else r[3]
+
+    expected, on_unseen, alpha, offset = max((r for r in results if r[0] >= best - tolerance), key=preference)
     return Calibration(
         hybrid_weight=alpha,
         question_offset=offset,
