@@ -15,7 +15,9 @@ pairs: calibrated on the pairs it was trained on), softcar with the new defaults
 component (``ClassifierRetriever.rescore``); ``− training`` is ``epochs=0``; ``head only`` does not
 train the adapter. Prints a table and writes ``benchmarks/results/transfer-<dataset>.json``.
 
-    python -m benchmarks.softcar_bench.transfer --dataset debian --docs 600 --epochs 1
+    python -m benchmarks.softcar_bench.transfer --dataset debian --docs 400 --epochs 1 --fractions 0.5,0.1,0.9,0
+    python -m benchmarks.softcar_bench.transfer --dataset chatterbot --fractions 0.5 --rows new \
+        --options "label_smoothing=0.1;hard_negatives=16;margin_weight=1;token_dropout=0.1,word_swap=0.1"
 """
 
 from __future__ import annotations
@@ -106,6 +108,15 @@ def timed_fit(build: Callable[[], Any], corpus: list[Document], pairs: Questions
     return retriever, time.perf_counter() - start
 
 
+def parse_options(text: str) -> dict[str, Any]:
+    """``'a=0.1,b=true'`` → ``{'a': 0.1, 'b': True}``, validated by ``TrainConfig``."""
+    update: dict[str, Any] = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        update[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    return TrainConfig(**update).model_dump(include=set(update))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="debian", choices=["debian", "chatterbot"])
@@ -117,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rows",
         default="before,new,untrained,ablations",
         help="comma-separated: before, new, untrained, ablations (rescored new), head-only",
+    )
+    parser.add_argument(
+        "--options",
+        default="",
+        help="extra rows: ';'-separated TrainConfig updates on the new defaults, each 'key=value[,key=value]', "
+        "e.g. 'label_smoothing=0.1;hard_negatives=16;token_dropout=0.1,word_swap=0.1;train_head=false'",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -149,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         if "head-only" in wanted:
             variants["  − adapter training (head only)"] = lambda: ClassifierRetriever(
                 config=train.model_copy(update={"train_adapter": False})
+            )
+        for option in filter(None, args.options.split(";")):
+            update = parse_options(option)
+            variants[f"  + {option}"] = lambda update=update: ClassifierRetriever(
+                config=train.model_copy(update=update)
             )
         for name, build in variants.items():
             retriever, fit_s = timed_fit(build, corpus, pairs)
