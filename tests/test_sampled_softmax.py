@@ -216,3 +216,23 @@ def test_fit_switches_to_the_sampled_softmax_above_the_threshold(tiny_bert: str,
     assert not ClassifierRetriever(tiny_bert, config=CONFIG).fit(corpus).uses_sampled_softmax()
     hits = retriever.retrieve("global interpreter lock", k=3)
     assert len(hits) == 3
+
+
+def test_mixed_precision_fit_runs_on_both_paths(tiny_bert: str, corpus: list[Document]) -> None:
+    """bfloat16 autocast (meant for CUDA; on CPU it only shows the paths have no dtype clashes)."""
+    for threshold in (None, 2):
+        cfg = CONFIG.model_copy(
+            update={
+                "epochs": 1,
+                "mixed_precision": True,
+                "sampled_softmax_above": threshold,
+                "sampled_uniform_negatives": 1,
+            }
+        )
+        retriever = ClassifierRetriever(tiny_bert, config=cfg)
+        frozen = ClassifierRetriever(tiny_bert, config=CONFIG).fit(corpus)
+        retriever.fit(corpus)
+        assert retriever.uses_sampled_softmax() == (threshold is not None)
+        head = retriever.trainable_state_dict()["head.weight"]
+        assert head.dtype == torch.float32 and torch.isfinite(head).all()
+        assert not torch.equal(head, frozen.trainable_state_dict()["head.weight"])
