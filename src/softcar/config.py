@@ -18,7 +18,10 @@ class TrainConfig(BaseModel):
     """Hyper-parameters of ``fit`` / ``update``.
 
     The defaults are tuned for a few hundred documents on a laptop CPU: a handful of epochs over
-    pseudo-queries (spans of each document) plus any labelled pairs.
+    pseudo-queries (spans of each document) plus any labelled pairs. They scale with the corpus:
+    a run sees at most ``max_train_examples`` examples (fewer epochs, then a random subset), and
+    above ``sampled_softmax_above`` head rows a step costs about the same however many rows there
+    are (sampled softmax, sparse row updates).
     """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
