@@ -58,7 +58,8 @@ def train_round(
     if not examples:
         raise ValueError("no training examples")
     ledger = ledger or PrivacyLedger()
-    setup = retriever.training_setup(examples, config)
+    # Opacus needs per-sample gradients of the head module: the exact softmax, dense AdamW.
+    setup = retriever.training_setup(examples, config, sampled=False if dp is not None else None)
     regularizers: list[Regularizer] = list(setup.regularizers)
     if proximal and proximal_mu > 0:
         named = setup.model.trainable_parameters()

@@ -20,15 +20,22 @@ from softcar.losses import ClassificationLoss
 from softcar.model import ClassifierHead, SoftcarModel
 from softcar.persistence import atomic_directory, jsonable, write_json, write_tensors
 from softcar.query_generation import QUESTION_PROMPT, QueryGenerator, parse_questions
-from softcar.regularizers import HeadAnchor, ProximalTerm
+from softcar.regularizers import HeadAnchor, ProximalTerm, SparseHeadAnchor
 from softcar.report import format_table
 from softcar.retriever import ClassifierRetriever, TrainingSetup
+from softcar.sampled_softmax import ExactMiner, HardNegativeMiner, SampledSoftmaxLoss
+from softcar.sparse_adam import RowSparseAdam
 from softcar.trainer import ProgressBar, Regularizer, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.validation import TrainingPair, normalize_pairs, validate_k, validate_queries, validate_query
 from softcar.version import __version__
 
 __all__ = [
     "BM25Retriever",
+    "ExactMiner",
+    "HardNegativeMiner",
+    "RowSparseAdam",
+    "SampledSoftmaxLoss",
+    "SparseHeadAnchor",
     "ClassificationLoss",
     "ClassifierHead",
     "HeadAnchor",

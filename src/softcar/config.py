@@ -18,7 +18,10 @@ class TrainConfig(BaseModel):
     """Hyper-parameters of ``fit`` / ``update``.
 
     The defaults are tuned for a few hundred documents on a laptop CPU: a handful of epochs over
-    pseudo-queries (spans of each document) plus any labelled pairs.
+    pseudo-queries (spans of each document) plus any labelled pairs. They scale with the corpus:
+    a run sees at most ``max_train_examples`` examples (fewer epochs, then a random subset), and
+    above ``sampled_softmax_above`` head rows a step costs about the same however many rows there
+    are (sampled softmax, sparse row updates).
     """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -83,6 +86,32 @@ class TrainConfig(BaseModel):
     """Replayed old examples per feedback pair in ``update``, against forgetting."""
     new_document_epochs: int = Field(0, ge=0)
     """Optional short training after ``add_documents`` (0: head rows only)."""
+    max_train_examples: PositiveInt | None = 50_000
+    """Budget of examples one training run sees (all epochs together). A larger run, e.g. a
+    fit on tens of thousands of documents, trains on a uniform random subset of this size, so
+    its cost is bounded however big the corpus; ``None``: every example every epoch."""
+    max_steps: PositiveInt | None = None
+    """Optional hard cap on optimisation steps per training run (after the example budget)."""
+    max_document_text_examples: PositiveInt | None = 10_000
+    """Cap on full-document examples (``include_document_text``): above it, a random subset of
+    documents contributes its leading text (the others their spans only)."""
+    sampled_softmax_above: PositiveInt | None = 20_000
+    """Head rows above which training uses a sampled softmax with sparse head updates
+    (softcar.sampled_softmax); at or below, the exact softmax and dense AdamW. ``None``: always
+    exact. Chosen from benchmarks/softcar_bench/scale.py (README, "Scale")."""
+    sampled_hard_negatives: int = Field(8, ge=0)
+    """Sampled softmax: hard negatives per query, the current head's top rows for it."""
+    sampled_uniform_negatives: int = Field(2048, ge=0)
+    """Sampled softmax: uniform negatives per batch (log-Q corrected)."""
+    hard_negative_exact_max: PositiveInt = 100_000
+    """Above this many head rows, hard negatives are mined exactly within a uniform pool of
+    16,384 rows per step unless ``ClassifierRetriever.hard_negative_miner`` (e.g. an ANN index)
+    is set."""
+    checkpoint_every_steps: PositiveInt = 500
+    """``fit(..., checkpoint_dir=...)`` writes a resumable checkpoint every this many steps."""
+    mixed_precision: bool = False
+    """Run the forward pass under ``torch.autocast`` in bfloat16 (useful on CUDA; on CPU it is
+    usually slower). Parameters and optimizer state stay float32."""
     encode_batch_size: PositiveInt = 64
     seed: int = 0
     device: str | None = None

@@ -68,6 +68,10 @@ class EncoderMismatchError(CheckpointError, ValueError):
     """A checkpoint was trained on another base encoder than the one given."""
 
 
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A training checkpoint was made with other documents, examples or configuration."""
+
+
 class DatasetError(SoftcarError, OSError):
     """A dataset folder or file is missing or malformed."""
 

@@ -7,10 +7,11 @@ gradient, so they cost no privacy and are not clipped away.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class HeadAnchor:
@@ -27,6 +28,29 @@ class HeadAnchor:
 
     def penalty(self) -> torch.Tensor:
         return self.weight * (self.parameter - self.start).pow(2).sum(dim=1).mean()
+
+
+class SparseHeadAnchor:
+    """:class:`HeadAnchor` restricted to the rows a step touched: its gradient stays sparse.
+
+    ``weight * sum_{i in rows} ||w_i - w0_i||² / N``: each participating row gets exactly the
+    gradient the dense anchor would give it, and the other rows none (with a sampled softmax
+    they are not updated at all). ``rows()`` returns the participating rows, e.g.
+    ``SampledSoftmaxLoss.last_rows``.
+    """
+
+    def __init__(self, head_weight: nn.Parameter, weight: float, rows: Callable[[], torch.Tensor | None]) -> None:
+        self.parameter = head_weight
+        self.start = head_weight.detach().clone()
+        self.weight = weight
+        self.rows = rows
+
+    def penalty(self) -> torch.Tensor:
+        rows = self.rows()
+        if rows is None or rows.numel() == 0:
+            return torch.zeros((), device=self.parameter.device)
+        current = F.embedding(rows, self.parameter, sparse=True)
+        return self.weight * (current - self.start[rows]).pow(2).sum() / self.parameter.shape[0]
 
 
 class ProximalTerm:

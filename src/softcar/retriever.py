@@ -22,14 +22,17 @@ from softcar.documents import Document, DocumentLike, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError
 from softcar.holdout import keep_trained, split_by_document
-from softcar.losses import ClassificationLoss, training_loss
+from softcar.losses import training_loss
 from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
 from softcar.query_generation import QueryGenerator, generate_questions
 from softcar.question_rows import QuestionRows
-from softcar.regularizers import HeadAnchor
+from softcar.regularizers import HeadAnchor, SparseHeadAnchor
+from softcar.sampled_softmax import ExactMiner, HardNegativeMiner, SampledSoftmaxLoss
 from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, HeldOut, calibrate, combine, reword
-from softcar.trainer import ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
+from softcar.sparse_adam import RowSparseAdam
+from softcar.trainer import LossFn, ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
+from softcar.training_checkpoint import Checkpointer, check_identity, digest, exists, restore
 from softcar.training_data import (
     Example,
     ExampleDataset,
@@ -37,6 +40,7 @@ from softcar.training_data import (
     pairs_to_rows,
     replay_examples,
     span_examples,
+    within_budget,
 )
 from softcar.validation import TrainingPair, normalize_pairs, require_fitted, validate_queries
 
@@ -59,15 +63,17 @@ class TrainingSetup:
     """Everything :class:`~softcar.trainer.Trainer` needs for one training run of a retriever.
 
     The federated client wraps ``model``, ``optimizer`` and ``loader`` with Opacus and passes
-    them to the same trainer, exactly as ``fit`` does without DP.
+    them to the same trainer, exactly as ``fit`` does without DP. ``sampled``: the loss is a
+    sampled softmax with sparse head updates (large heads, see softcar.sampled_softmax).
     """
 
     model: SoftcarModel
     optimizer: torch.optim.Optimizer
     loader: DataLoader[Any]
-    loss: ClassificationLoss
+    loss: LossFn
     regularizers: list[Regularizer]
     config: TrainConfig
+    sampled: bool = False
 
 
 class ClassifierRetriever(BaseRetriever):
@@ -148,6 +154,11 @@ class ClassifierRetriever(BaseRetriever):
         """Synthetic questions kept by the last ``fit(..., query_generator=...)``."""
         self.callbacks: list[TrainerCallback] = []
         """Trainer callbacks for every training run (fit, update, add_documents), e.g. a StepTimer."""
+        self.hard_negative_miner: HardNegativeMiner | None = None
+        """Sampled softmax: how hard negatives are mined (``None``: exact chunked top-k of the
+        head, on a uniform pool above ``TrainConfig.hard_negative_exact_max`` rows). The hook
+        for an ANN index over the head rows."""
+        self._checkpoint: tuple[Path, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -203,14 +214,26 @@ class ClassifierRetriever(BaseRetriever):
             spans = span_examples(self._documents, range(len(self._documents)), cfg, cfg.seed)
             return spans + self._rows(queries) * cfg.labelled_repeats
 
-    def training_setup(self, examples: Sequence[Example], config: TrainConfig | None = None) -> TrainingSetup:
+    def uses_sampled_softmax(self, config: TrainConfig | None = None) -> bool:
+        """Whether training on the current head uses the sampled softmax (above the threshold)."""
+        threshold = (config or self.config.train).sampled_softmax_above
+        return threshold is not None and self.model.head.num_documents > threshold
+
+    def training_setup(
+        self, examples: Sequence[Example], config: TrainConfig | None = None, *, sampled: bool | None = None
+    ) -> TrainingSetup:
         """Optimizer, batches, loss and regularisers for training on ``examples``.
 
         ``config`` overrides the retriever's own ``TrainConfig`` (the federated client uses its
         own learning rates). Only the adapter and/or head are given to the optimizer; the SLM
-        stays frozen.
+        stays frozen. ``sampled`` (default: above ``TrainConfig.sampled_softmax_above`` head
+        rows) switches to the sampled softmax, :class:`~softcar.sparse_adam.RowSparseAdam` and
+        the sparse head anchor; ``sampled=False`` keeps the exact softmax and dense AdamW (what
+        Opacus' per-sample gradients need).
         """
         cfg = config or self.config.train
+        if sampled is None:
+            sampled = self.uses_sampled_softmax(cfg)
         parts = [p for p, on in (("adapter", cfg.train_adapter), ("head", cfg.train_head)) if on]
         named = self.model.trainable_parameters(parts)
         for parameter in self.model.parameters():
@@ -224,25 +247,55 @@ class ClassifierRetriever(BaseRetriever):
             )
         if cfg.train_head:
             groups.append({"params": [named["head.weight"]], "lr": cfg.head_learning_rate})
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
         dataset = ExampleDataset(examples, self.tokenizer, self.config.max_query_length)
         regularizers: list[Regularizer] = []
-        if cfg.train_head and cfg.head_anchor > 0:
-            regularizers.append(HeadAnchor(self.model.head.weight, cfg.head_anchor))
+        optimizer: torch.optim.Optimizer
+        loss: LossFn
+        if sampled:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(cfg.seed)
+            sampled_loss = SampledSoftmaxLoss(
+                cfg.logit_scale,
+                hard_negatives=cfg.sampled_hard_negatives,
+                uniform_negatives=cfg.sampled_uniform_negatives,
+                miner=self.hard_negative_miner or ExactMiner(max_rows=cfg.hard_negative_exact_max, generator=generator),
+                generator=generator,
+            )
+            optimizer = RowSparseAdam(groups, weight_decay=cfg.weight_decay)
+            if cfg.train_head and cfg.head_anchor > 0:
+                regularizers.append(
+                    SparseHeadAnchor(self.model.head.weight, cfg.head_anchor, lambda: sampled_loss.last_rows)
+                )
+            loss = sampled_loss
+        else:
+            optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+            if cfg.train_head and cfg.head_anchor > 0:
+                regularizers.append(HeadAnchor(self.model.head.weight, cfg.head_anchor))
+            loss = training_loss(cfg)
         return TrainingSetup(
             model=self.model,
             optimizer=optimizer,
             loader=example_loader(dataset, cfg.batch_size, cfg.seed),
-            loss=training_loss(cfg),
+            loss=loss,
             regularizers=regularizers,
             config=cfg,
+            sampled=sampled,
         )
 
     def _train(self, examples: Sequence[Example], epochs: int, description: str) -> TrainResult:
         cfg = self.config.train
         if not examples or epochs <= 0 or not (cfg.train_adapter or cfg.train_head):
             return TrainResult()
+        examples, epochs = within_budget(examples, epochs, cfg.max_train_examples, cfg.seed)
         setup = self.training_setup(examples)
+        logger.info(
+            "%s: %d examples x %d epochs, %s softmax over %d head rows",
+            description,
+            len(examples),
+            epochs,
+            "sampled" if setup.sampled else "exact",
+            self.model.head.num_documents,
+        )
         trainer = Trainer(
             setup.model,
             setup.optimizer,
@@ -250,8 +303,31 @@ class ClassifierRetriever(BaseRetriever):
             regularizers=setup.regularizers,
             callbacks=[ProgressBar(description, cfg.show_progress), *self.callbacks],
             device=self.device,
+            mixed_precision=cfg.mixed_precision,
         )
-        return trainer.train(setup.loader, epochs)
+        if self._checkpoint is not None:
+            folder, identity = self._checkpoint
+            identity = {**identity, "examples": digest(examples), "epochs": epochs}
+            if exists(folder):
+                restore(folder, trainer, identity)
+            trainer.callbacks.append(Checkpointer(folder, cfg.checkpoint_every_steps, identity))
+        return trainer.train(setup.loader, epochs, max_steps=cfg.max_steps)
+
+    def _fit_identity(self, docs: Sequence[Document], pairs: Sequence[TrainingPair], generated: bool) -> dict[str, Any]:
+        """What a resumable fit depends on (see softcar.training_checkpoint)."""
+        config = self.config.model_dump(mode="json")
+        for key in ("show_progress", "device", "checkpoint_every_steps"):
+            config["train"].pop(key, None)
+        train = config.pop("train")
+        return {
+            "documents": digest((d.id, d.text) for d in docs),
+            "document_count": len(docs),
+            "queries": digest(pairs),
+            "query_generator": generated,
+            "encoder": self.encoder_fingerprint,
+            "retriever_config": {k: v for k, v in config.items() if k != "scoring"},
+            "train_config": train,
+        }
 
     # ------------------------------------------------------------------ fit / update / add
     def fit(
@@ -260,6 +336,7 @@ class ClassifierRetriever(BaseRetriever):
         queries: Iterable[TrainingPair] | None = None,
         *,
         query_generator: QueryGenerator | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> Self:
         """Index ``documents`` and train adapter + head from scratch.
 
@@ -270,11 +347,30 @@ class ClassifierRetriever(BaseRetriever):
         ``query_generator`` (any ``text -> list[str]``, e.g. an LLM) adds synthetic training
         questions; those whose document is not in the frozen retriever's top
         ``TrainConfig.round_trip_top_k`` are dropped, and documents it fails on keep their spans.
+
+        ``checkpoint_dir``: a folder for a resumable training checkpoint, written atomically
+        every ``TrainConfig.checkpoint_every_steps`` steps and at the end. Calling ``fit`` again
+        with the same folder (same documents, queries and configuration) resumes where it
+        stopped and gives the same result as an uninterrupted fit; a checkpoint made with other
+        documents or settings raises ``CheckpointMismatchError`` naming the difference, before
+        anything is changed.
         """
         docs = coerce_documents(documents)
+        pairs = normalize_pairs(queries)
         with self._lock:
+            checkpoint = None
+            if checkpoint_dir is not None:
+                folder = Path(checkpoint_dir)
+                identity = self._fit_identity(docs, pairs, query_generator is not None)
+                if exists(folder):
+                    check_identity(folder, identity)
+                checkpoint = (folder, identity)
             self._clear_store()
-            self._fit(docs, queries, query_generator)
+            self._checkpoint = checkpoint
+            try:
+                self._fit(docs, pairs, query_generator)
+            finally:
+                self._checkpoint = None
         return self
 
     def _fit(

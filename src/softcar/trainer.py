@@ -10,6 +10,8 @@ it with the privatised per-sample sum and the term would silently vanish.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
@@ -130,6 +132,13 @@ class Trainer:
         regularizers: data-independent penalties (:mod:`softcar.regularizers`).
         callbacks: progress, timing, accounting (:class:`TrainerCallback`).
         device: where batches are moved (``None``: leave them where they are).
+        mixed_precision: run the loss' forward pass under ``torch.autocast`` (bfloat16) on the
+            device of the batches; parameters and optimizer state stay float32.
+
+    Progress is kept in :attr:`global_step`, :attr:`epoch` and :attr:`step_in_epoch` (steps
+    completed), and :meth:`state_dict` / :meth:`load_state_dict` save and restore it with the
+    parameters, the optimizer state and the random streams, so that a run resumed from a
+    checkpoint (:mod:`softcar.training_checkpoint`) continues exactly where it stopped.
     """
 
     def __init__(
@@ -141,6 +150,7 @@ class Trainer:
         regularizers: Sequence[Regularizer] = (),
         callbacks: Sequence[TrainerCallback] = (),
         device: torch.device | str | None = None,
+        mixed_precision: bool = False,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -148,6 +158,15 @@ class Trainer:
         self.regularizers = list(regularizers)
         self.callbacks = list(callbacks)
         self.device = torch.device(device) if device is not None else None
+        self.mixed_precision = mixed_precision
+        self.global_step = 0
+        """Optimisation steps completed (empty batches included), over every call to train."""
+        self.epoch = 0
+        """The epoch in progress (0-based) within the current run."""
+        self.step_in_epoch = 0
+        """Batches of :attr:`epoch` already consumed."""
+        self.finished = False
+        """The last :meth:`train` ran to its end (not interrupted)."""
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -179,7 +198,8 @@ class Trainer:
             return None
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(self.model, to_device(batch, self.device))
+        with self._autocast():
+            loss = self.loss(self.model, to_device(batch, self.device))
         loss.backward()
         self._update()
         value = float(loss.detach())
@@ -188,12 +208,28 @@ class Trainer:
             callback.on_step_end(self, value, size, elapsed)
         return value
 
-    def train(self, batches: Iterable[Any], epochs: int = 1) -> TrainResult:
-        """Run ``epochs`` passes over ``batches`` (re-iterated each epoch, e.g. a DataLoader)."""
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.mixed_precision:
+            return contextlib.nullcontext()
+        device = self.device or self.parameters[0].device
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def train(self, batches: Iterable[Any], epochs: int = 1, *, max_steps: int | None = None) -> TrainResult:
+        """Run ``epochs`` passes over ``batches`` (re-iterated each epoch, e.g. a DataLoader).
+
+        ``max_steps`` caps the steps of this run. After :meth:`load_state_dict` the run starts at
+        the restored epoch and position (the batches already consumed are skipped; a batch
+        sampler with ``set_epoch`` is told the epoch, so it replays the same order).
+        """
         result = TrainResult()
+        self.finished = False
         if epochs <= 0:
+            self.finished = True
             return result
-        total = epochs * len(batches) if isinstance(batches, Sized) else 0
+        per_epoch = len(batches) if isinstance(batches, Sized) else 0
+        total = max(epochs * per_epoch - (self.epoch * per_epoch + self.step_in_epoch), 0)
+        if max_steps is not None:
+            total = min(total, max(max_steps - self.global_step, 0)) if per_epoch else 0
         for parameter in self.parameters:
             parameter.requires_grad_(True)
         started = time.perf_counter()
@@ -201,9 +237,19 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_begin(self, total)
         try:
-            for epoch in range(epochs):
+            for epoch in range(self.epoch, epochs):
+                self.epoch = epoch
+                sampler = getattr(batches, "batch_sampler", None)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)  # type: ignore[union-attr]
                 loss_sum, seen = 0.0, 0
-                for batch in batches:
+                stop = False
+                for batch in itertools.islice(batches, self.step_in_epoch, None):
+                    if max_steps is not None and self.global_step >= max_steps:
+                        stop = True
+                        break
+                    self.step_in_epoch += 1
+                    self.global_step += 1
                     loss = self.train_step(batch)
                     result.steps += 1
                     if loss is None:
@@ -213,10 +259,16 @@ class Trainer:
                     loss_sum += loss * size
                     seen += size
                 result.examples += seen
+                if stop and not seen:
+                    break
                 result.epoch_losses.append(loss_sum / max(seen, 1))
                 logger.info("epoch %d/%d: loss %.4f over %d examples", epoch + 1, epochs, result.epoch_losses[-1], seen)
+                if stop:
+                    break
+                self.epoch, self.step_in_epoch = epoch + 1, 0
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, epoch, result.epoch_losses[-1])
+            self.finished = True
         finally:
             self.model.eval()
             for parameter in self.parameters:
@@ -226,3 +278,66 @@ class Trainer:
                 callback.on_train_end(self)
         result.seconds = time.perf_counter() - started
         return result
+
+    # ------------------------------------------------------------------ resumable state
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """``(tensors, json)``: parameters, optimizer state, random streams and position.
+
+        Tensors go to safetensors, the rest to JSON (no pickle): see
+        :mod:`softcar.training_checkpoint`.
+        """
+        tensors: dict[str, torch.Tensor] = {}
+        for index, parameter in enumerate(self.parameters):
+            tensors[f"param.{index}"] = parameter.detach()
+        optimizer_state = self.optimizer.state_dict()["state"]
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, values in optimizer_state.items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{key}"] = value
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        tensors["rng.torch"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            tensors["rng.cuda"] = torch.cuda.get_rng_state()
+        generator = getattr(self.loss, "generator", None)
+        if isinstance(generator, torch.Generator):
+            tensors["rng.loss"] = generator.get_state()
+        meta = {
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "parameter_shapes": [list(p.shape) for p in self.parameters],
+            "optimizer": type(self.optimizer).__name__,
+            "optimizer_scalars": scalars,
+        }
+        return tensors, meta
+
+    def load_state_dict(self, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved; a shape or optimizer mismatch is a ``ValueError``."""
+        shapes = [list(p.shape) for p in self.parameters]
+        if meta.get("parameter_shapes") != shapes:
+            raise ValueError(f"parameter shapes {meta.get('parameter_shapes')} do not match {shapes}")
+        if meta.get("optimizer") != type(self.optimizer).__name__:
+            raise ValueError(f"optimizer {meta.get('optimizer')!r} is not {type(self.optimizer).__name__!r}")
+        with torch.no_grad():
+            for index, parameter in enumerate(self.parameters):
+                parameter.copy_(tensors[f"param.{index}"])
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, position, key = name.split(".", 2)
+                state.setdefault(int(position), {})[key] = value
+        for position, values in meta.get("optimizer_scalars", {}).items():
+            state.setdefault(int(position), {}).update(values)
+        current = self.optimizer.state_dict()
+        self.optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        generator = getattr(self.loss, "generator", None)
+        if isinstance(generator, torch.Generator) and "rng.loss" in tensors:
+            generator.set_state(tensors["rng.loss"])
+        self.global_step = int(meta["global_step"])
+        self.epoch = int(meta["epoch"])
+        self.step_in_epoch = int(meta["step_in_epoch"])

@@ -38,6 +38,12 @@ def pairs_to_rows(pairs: Sequence[TrainingPair], row_of: Mapping[str, int]) -> l
 def span_examples(documents: Sequence[Document], rows: Sequence[int], config: TrainConfig, seed: int) -> list[Example]:
     """Pseudo-queries (sentences / word spans) of ``documents[row]`` for each row, plus the text."""
     rng = random.Random(seed)
+    rows = list(rows)
+    with_text: set[int] | None = None
+    cap = config.max_document_text_examples
+    if config.include_document_text and cap is not None and len(rows) > cap:
+        # A separate stream, so spans are the same with or without the cap.
+        with_text = set(random.Random(seed + 1).sample(rows, cap))
     examples: list[Example] = []
     for row in rows:
         text = documents[row].text
@@ -45,9 +51,23 @@ def span_examples(documents: Sequence[Document], rows: Sequence[int], config: Tr
             text, config.pseudo_queries_per_document, rng, config.span_min_words, config.span_max_words
         ):
             examples.append((span, row))
-        if config.include_document_text:
+        if config.include_document_text and (with_text is None or row in with_text):
             examples.append((text, row))
     return examples
+
+
+def within_budget(examples: Sequence[Example], epochs: int, budget: int | None, seed: int) -> tuple[list[Example], int]:
+    """``(examples, epochs)`` that see at most ``budget`` examples in all.
+
+    Fewer epochs first; a single epoch over more than ``budget`` examples becomes one epoch
+    over a uniform random subset of ``budget`` of them. Small runs are returned unchanged.
+    """
+    examples = list(examples)
+    if budget is None or epochs <= 0 or len(examples) * epochs <= budget:
+        return examples, epochs
+    if len(examples) <= budget:
+        return examples, max(1, budget // len(examples))
+    return random.Random(seed).sample(examples, budget), 1
 
 
 def replay_examples(
@@ -102,6 +122,10 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.window = window
         self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The order of the next pass is that of ``epoch`` (what a resumed run replays)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return (len(self.lengths) + self.batch_size - 1) // self.batch_size
