@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, field_validator
 
 AdapterKind = Literal["linear", "mlp"]
+AnnKind = Literal["hnsw", "ivf"]
 PoolingKind = Literal["auto", "mean", "last", "cls"]
 
 DEFAULT_ENCODER = "softcar:default"
@@ -88,6 +89,26 @@ class ScoringConfig(BaseModel):
     """Leave-one-out R@1 that may be traded for more use of question rows (see softcar.scoring)."""
     calibration_pairs: PositiveInt = 2000
     """At most this many (most recent) pairs are used to calibrate."""
+    ann_threshold: PositiveInt = 50_000
+    """At this many head rows or more, retrieval goes through an ANN index over the head rows
+    (``softcar.head_index``: faiss) whose candidates are re-scored exactly; below it, the exact
+    matrix product over every row."""
+    ann_kind: AnnKind = "hnsw"
+    """faiss index over the head rows: ``"hnsw"`` (graph, fastest queries) or ``"ivf"`` (inverted
+    lists, fastest to build)."""
+    ann_candidates: PositiveInt = 100
+    """Head rows the index proposes per query (at least ``k``); documents with question rows and,
+    with BM25 fusion on, BM25's top ``ann_candidates`` join them before exact re-scoring."""
+    hnsw_m: PositiveInt = 32
+    """HNSW graph degree."""
+    hnsw_ef_construction: PositiveInt = 80
+    """HNSW build-time beam width."""
+    hnsw_ef_search: PositiveInt = 128
+    """HNSW query-time beam width (raised to ``ann_candidates`` if lower)."""
+    ivf_lists: PositiveInt | None = None
+    """IVF inverted lists; ``None``: ``4·sqrt(rows)``."""
+    ivf_probes: PositiveInt = 32
+    """IVF lists visited per query."""
 
 
 class RetrieverConfig(BaseModel):

@@ -68,6 +68,14 @@ class EncoderMismatchError(CheckpointError, ValueError):
     """A checkpoint was trained on another base encoder than the one given."""
 
 
+class IndexMismatchError(CorruptCheckpointError):
+    """A saved ANN index does not match the head it is loaded with (row count or fingerprint)."""
+
+
+class VectorSearchUnsupportedError(SoftcarError, TypeError):
+    """A vector store given as softcar's index cannot search by vector."""
+
+
 class DatasetError(SoftcarError, OSError):
     """A dataset folder or file is missing or malformed."""
 

@@ -21,6 +21,7 @@ from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringCon
 from softcar.documents import Document, DocumentLike, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError
+from softcar.head_index import HeadIndex, rescore
 from softcar.losses import ClassificationLoss
 from softcar.model import SoftcarModel
 from softcar.persistence import read_documents, read_tensors, write_documents, write_tensors
@@ -142,6 +143,7 @@ class ClassifierRetriever(BaseRetriever):
         """Synthetic questions kept by the last ``fit(..., query_generator=...)``."""
         self.callbacks: list[TrainerCallback] = []
         """Trainer callbacks for every training run (fit, update, add_documents), e.g. a StepTimer."""
+        self._head_index: HeadIndex | None = None
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -269,6 +271,7 @@ class ClassifierRetriever(BaseRetriever):
         with self._lock:
             self._clear_store()
             self._fit(docs, queries, query_generator)
+            self._sync_index()
         return self
 
     def _fit(
@@ -389,7 +392,11 @@ class ClassifierRetriever(BaseRetriever):
         if self.model.head.num_documents:
             # Trained rows grow in norm; match it so new documents compete on equal terms.
             rows = rows * self.model.head.weight.detach().norm(dim=1).mean()
+        index = self._head_index if self._head_index and self._head_index.matches(self.model.head.weight) else None
         self.model.head.append_rows(rows)
+        if index is not None:  # the old rows are as indexed: add the new ones in place
+            index.add(rows)
+            index.bind(self.model.head.weight)
         self._store(docs)
 
     def _add(self, docs: list[Document]) -> None:
@@ -407,6 +414,7 @@ class ClassifierRetriever(BaseRetriever):
             replay = replay_examples(self._documents, self._feedback, len(new), cfg, cfg.seed + len(self._feedback))
             self._train(new + replay, cfg.new_document_epochs, "add_documents")
             self._refresh_questions()
+        self._sync_index()
 
     def update(self, queries: Iterable[TrainingPair], *, epochs: int | None = None) -> list[float]:
         """Online fine-tuning from feedback ``(query_text, doc_id)`` pairs.
@@ -433,18 +441,46 @@ class ClassifierRetriever(BaseRetriever):
             if losses:
                 self._refresh_questions()
             self._calibrate()
+            self._sync_index()
             return losses
 
     # ------------------------------------------------------------------ retrieval
+    @property
+    def head_index(self) -> HeadIndex | None:
+        """The ANN index over the head rows in force (``None``: exact search, below
+        ``ScoringConfig.ann_threshold`` rows). Rebuilt when training moved the rows."""
+        with self._lock:
+            return self._sync_index()
+
+    def _sync_index(self) -> HeadIndex | None:
+        """Build the head index if the head is large enough and the index missing or stale."""
+        weight = self.model.head.weight
+        scoring = self.config.scoring
+        if weight.shape[0] < scoring.ann_threshold:
+            self._head_index = None
+            return None
+        if self._head_index is None or not self._head_index.matches(weight):
+            if self._head_index is not None:
+                logger.info("head rows changed since the ANN index was built: rebuilding it")
+            self._head_index = HeadIndex.build(weight, scoring)
+            self._head_index.bind(weight)
+        return self._head_index
+
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         calibration = self.calibration
         with torch.no_grad():
             vectors = self._embed(queries, self.config.max_query_length)
-            soft = self.model.head(vectors)
+            index = self._sync_index()
             question_best = None
             if len(self._questions):
                 question_best = self._questions.best_per_document(vectors, len(self._documents))
             lexical = self._lexical.score_all(queries) if calibration.hybrid_weight > 0 else None
+            if index is not None:
+                # Candidates from the index, scored exactly (softcar.head_index).
+                candidates = index.candidates(vectors, max(self.config.scoring.ann_candidates, k))
+                weight = self.model.head.weight
+                return rescore(vectors, weight, candidates, question_best, lexical, calibration, index.stats, k)
+            soft = self.model.head(vectors)
             scores = combine(soft, question_best, lexical, calibration)
             top = torch.topk(scores, k, dim=1)
         return top.values.cpu(), top.indices.cpu()
@@ -491,7 +527,14 @@ class ClassifierRetriever(BaseRetriever):
             folder / QUESTION_TEXTS_FILE,
             [Document(id=str(i), text=t) for i, t in enumerate(self._questions.texts)],
         )
-        return {**encoder_manifest(self.config, self.encoder_fingerprint), "calibration": self.calibration.model_dump()}
+        payload = {
+            **encoder_manifest(self.config, self.encoder_fingerprint),
+            "calibration": self.calibration.model_dump(),
+        }
+        index = self._sync_index()
+        if index is not None:
+            payload["head_index"] = index.save(folder, self.model.head.weight)
+        return payload
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
@@ -525,3 +568,19 @@ class ClassifierRetriever(BaseRetriever):
             raise CorruptCheckpointError(f"{folder}: a question row names a document the checkpoint does not hold")
         self._feedback = list(zip(self._questions.texts, self._questions.rows.tolist()))
         self._lexical.fit(self._documents)
+        self._load_index(folder, manifest)
+
+    def _load_index(self, folder: Path, manifest: dict[str, Any]) -> None:
+        """The saved ANN index if the head is large enough for one (built, logged, if none was saved)."""
+        weight = self.model.head.weight
+        entry = manifest.get("head_index")
+        if weight.shape[0] < self.config.scoring.ann_threshold:
+            return
+        if entry is None:
+            logger.info("%s has no head index: building one over %d rows", folder, weight.shape[0])
+        else:
+            if not isinstance(entry, dict):
+                raise CorruptCheckpointError(f"{folder}: the manifest's head_index entry is not an object")
+            self._head_index = HeadIndex.load(folder, entry, weight.detach(), self.config.scoring)
+            self._head_index.bind(weight)
+        self._sync_index()
