@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from softcar import ClassifierRetriever, Document, ScoringConfig, TrainConfig
-from softcar.errors import CorruptCheckpointError, IndexMismatchError
+from softcar.errors import CorruptCheckpointError, IndexMismatchError, InvalidVectorsError
 from softcar.head_index import INDEX_FILE, HeadIndex
 from softcar.persistence import MANIFEST, read_tensors, sha256_file, write_tensors
 
@@ -138,3 +138,21 @@ def test_unreadable_index_file_is_corruption(tiny_bert: str, corpus: list[Docume
     _rewrite(folder, INDEX_FILE)
     with pytest.raises(CorruptCheckpointError, match="faiss"):
         ClassifierRetriever.load(folder, tiny_bert)
+
+
+def test_add_embedded_documents_equals_fit_without_training(tiny_bert: str, corpus: list[Document]) -> None:
+    """Rows computed elsewhere (the scale path: no encoding in the call) serve like fit(epochs=0)."""
+    frozen = TrainConfig(epochs=0, show_progress=False)
+    fitted = ClassifierRetriever(tiny_bert, config=frozen).fit(corpus)
+    added = ClassifierRetriever(tiny_bert, config=frozen)
+    vectors = added.embed_documents([d.text for d in corpus])
+    assert added.add_embedded_documents(corpus, vectors) == [d.id for d in corpus]
+    ids_added, scores_added = _ranked(added, len(corpus))
+    ids_fitted, scores_fitted = _ranked(fitted, len(corpus))
+    assert ids_added == ids_fitted
+    torch.testing.assert_close(scores_added, scores_fitted)
+    with pytest.raises(InvalidVectorsError, match="shape"):
+        added.add_embedded_documents([Document(id="x", text="more")], vectors)
+    with pytest.raises(ValueError, match="NaN"):
+        added.add_embedded_documents([Document(id="x", text="more")], torch.full((1, vectors.shape[1]), float("nan")))
+    assert len(added) == len(corpus)  # nothing added by the failed calls

@@ -18,9 +18,9 @@ from typing_extensions import Self
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.baselines import BM25Retriever
 from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringConfig, TrainConfig
-from softcar.documents import Document, DocumentLike, coerce_documents
+from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
-from softcar.errors import CheckpointError, CorruptCheckpointError
+from softcar.errors import CheckpointError, CorruptCheckpointError, InvalidVectorsError, UnknownDocumentError
 from softcar.head_index import HeadIndex, rescore
 from softcar.losses import ClassificationLoss
 from softcar.model import SoftcarModel
@@ -38,7 +38,8 @@ from softcar.training_data import (
     replay_examples,
     span_examples,
 )
-from softcar.validation import TrainingPair, normalize_pairs, require_fitted, validate_queries
+from softcar.validation import TrainingPair, normalize_pairs, require_fitted, validate_k, validate_queries
+from softcar.vector_rows import ServingRows
 
 logger = logging.getLogger(__name__)
 
@@ -387,8 +388,10 @@ class ClassifierRetriever(BaseRetriever):
         rows.index_add_(0, torch.tensor([row for _, row in pairs], device=rows.device), weight * vectors.to(rows))
         self.model.head.weight.data.copy_(F.normalize(rows, dim=1))
 
-    def _add_rows(self, docs: list[Document]) -> None:
-        rows = self._embed([d.text for d in docs], self.config.max_document_length, "encoding documents")
+    def _add_rows(self, docs: list[Document], rows: torch.Tensor | None = None) -> None:
+        if rows is None:
+            rows = self._embed([d.text for d in docs], self.config.max_document_length, "encoding documents")
+        rows = rows.to(self.device)
         if self.model.head.num_documents:
             # Trained rows grow in norm; match it so new documents compete on equal terms.
             rows = rows * self.model.head.weight.detach().norm(dim=1).mean()
@@ -444,6 +447,24 @@ class ClassifierRetriever(BaseRetriever):
             self._sync_index()
             return losses
 
+    def add_embedded_documents(self, documents: Iterable[DocumentLike], vectors: torch.Tensor) -> list[str]:
+        """Add documents whose head rows were computed elsewhere: ``vectors`` ``[n, dim]`` from
+        :meth:`embed_documents` (e.g. in streaming batches, on another machine). Nothing is
+        encoded or trained; on an unfitted retriever this equals ``fit`` with ``epochs=0``.
+        Returns the ids."""
+        with self._lock:
+            docs = coerce_documents(documents, self._row_of, start_index=len(self._documents))
+            dim = self.model.encoder.dim
+            if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (len(docs), dim):
+                shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+                raise InvalidVectorsError(f"expected vectors of shape {(len(docs), dim)}, got {shape}")
+            if not torch.isfinite(vectors).all():
+                raise InvalidVectorsError("vectors contain NaN or Inf")
+            self._add_rows(docs, vectors.detach().float())
+            self._lexical.add_documents(docs)
+            self._sync_index()
+            return [d.id for d in docs]
+
     # ------------------------------------------------------------------ retrieval
     @property
     def head_index(self) -> HeadIndex | None:
@@ -484,6 +505,66 @@ class ClassifierRetriever(BaseRetriever):
             scores = combine(soft, question_best, lexical, calibration)
             top = torch.topk(scores, k, dim=1)
         return top.values.cpu(), top.indices.cpu()
+
+    # ------------------------------------------------------------------ vector databases
+    def serving_rows(self, *, question_rows: bool = True) -> ServingRows:
+        """Every scoring row with its document id: head rows, then question rows (bias
+        ``-question_offset``). ``softcar.VectorRows`` pushes them into a vector store."""
+        with self._lock:
+            require_fitted(self._documents, "ClassifierRetriever")
+            docs = self._documents
+            head = self.model.head.weight.detach().cpu().float()
+            ids, kinds = [d.id for d in docs], ["document"] * len(docs)
+            texts, metadata = [d.text for d in docs], [dict(d.metadata) for d in docs]
+            vectors, biases = [head], [torch.zeros(len(docs))]
+            if question_rows and len(self._questions):
+                rows = self._questions.rows.tolist()
+                ids += [docs[r].id for r in rows]
+                kinds += ["question"] * len(rows)
+                texts += list(self._questions.texts)
+                metadata += [dict(docs[r].metadata) for r in rows]
+                vectors.append(self._questions.vectors.float())
+                biases.append(torch.full((len(rows),), -(self.calibration.question_offset or 0.0)))
+            return ServingRows(ids, kinds, texts, metadata, torch.cat(vectors), torch.cat(biases))
+
+    def rank_documents(
+        self, vectors: torch.Tensor, candidates: Sequence[Sequence[str]], k: int
+    ) -> list[list[ScoredDocument]]:
+        """The top ``k`` of each query's candidate documents, scored exactly as ``retrieve``
+        scores them with BM25 fusion off. ``vectors``: ``embed_queries`` output; ``candidates``:
+        document ids per query (e.g. what a vector store found; repeats are ignored)."""
+        k = validate_k(k)
+        with self._lock:
+            require_fitted(self._documents, "ClassifierRetriever")
+            if len(candidates) != len(vectors):
+                raise ValueError(f"{len(candidates)} candidate lists for {len(vectors)} query vectors")
+            weight = self.model.head.weight.detach()
+            queries = vectors.to(weight)
+            question_best = None
+            if len(self._questions):
+                question_best = self._questions.best_per_document(queries, len(self._documents))
+            ranked: list[list[ScoredDocument]] = []
+            for i, ids in enumerate(candidates):
+                unknown = [d for d in ids if d not in self._row_of]
+                if unknown:
+                    raise UnknownDocumentError(f"candidate document id {unknown[0]!r} is not in the retriever")
+                rows = list(dict.fromkeys(self._row_of[d] for d in ids))
+                if not rows:
+                    ranked.append([])
+                    continue
+                index = torch.tensor(rows, device=weight.device)
+                with torch.no_grad():
+                    soft = queries[i : i + 1] @ weight[index].T
+                    best = question_best[i : i + 1, index] if question_best is not None else None
+                    scores = combine(soft, best, None, self.calibration)[0]
+                    top = torch.topk(scores, min(k, len(rows)))
+                ranked.append(
+                    [
+                        ScoredDocument(document=self._documents[rows[j]], score=float(v))
+                        for v, j in zip(top.values.tolist(), top.indices.tolist())
+                    ]
+                )
+            return ranked
 
     # ------------------------------------------------------------------ trainable state
     def trainable_state_dict(self, parts: Sequence[str] = ("adapter", "head")) -> dict[str, torch.Tensor]:
