@@ -88,7 +88,7 @@ class RowStatistics:
 
 
 class HeadIndex:
-    """faiss index over head rows (inner product): ``"hnsw"`` (graph) or ``"ivf"`` (inverted lists).
+    """faiss index over head rows (inner product): ``"ivf"`` (inverted lists) or ``"hnsw"`` (graph).
 
     Remembers which head tensor (and which in-place version of it) it was built from, so a
     retriever notices when training moved the rows and rebuilds it.
@@ -117,13 +117,11 @@ class HeadIndex:
             index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.hnsw_ef_construction
         else:
-            lists = max(1, min(config.ivf_lists or int(4 * np.sqrt(count)), count // 39 or 1))
+            lists = max(1, min(config.ivf_lists or int(np.sqrt(count)), count // 39 or 1))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-            sample = (
-                data
-                if count <= 256 * lists
-                else data[np.random.default_rng(0).choice(count, 256 * lists, replace=False)]
-            )
+            sample = data
+            if count > 64 * lists:  # k-means on a sample: 64 rows per list keep the build fast
+                sample = data[np.sort(np.random.default_rng(0).choice(count, 64 * lists, replace=False))]
             index.train(sample)
         index.add(data)
         self = cls(index, RowStatistics.of(rows), config)
