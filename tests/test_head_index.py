@@ -45,6 +45,8 @@ def _ranked(retriever: ClassifierRetriever, k: int) -> tuple[list[list[str]], to
         {"hybrid_weight": 0.0},  # soft scores only
         {"hybrid_weight": 0.3, "question_offset": 0.1},  # BM25 fusion + question rows
         {},  # calibrated
+        {"hybrid_weight": 0.0, "ann_storage": "float16"},  # half-precision index, float32 re-scoring
+        {"hybrid_weight": 0.2, "ann_kind": "hnsw", "ann_storage": "bfloat16"},
     ],
 )
 def test_ann_path_equals_exact_path(tiny_bert: str, corpus: list[Document], scoring: dict[str, object]) -> None:
@@ -64,8 +66,8 @@ def test_index_recall_on_clustered_rows() -> None:
     rows = centres.repeat_interleave(100, dim=0) + 0.35 * torch.randn(4000, 64, generator=generator) / 8
     rows = torch.nn.functional.normalize(rows, dim=1)
     queries = torch.nn.functional.normalize(rows[::40] + 0.1 * torch.randn(100, 64, generator=generator) / 8, dim=1)
-    for kind in ("hnsw", "ivf"):
-        index = HeadIndex.build(rows, ScoringConfig(ann_kind=kind))
+    for kind, storage in (("hnsw", "float32"), ("ivf", "float32"), ("ivf", "float16"), ("hnsw", "bfloat16")):
+        index = HeadIndex.build(rows, ScoringConfig(ann_kind=kind, ann_storage=storage))
         candidates = index.candidates(queries, 100)
         exact = torch.topk(queries @ rows.T, 10).indices
         hits = 0
@@ -74,7 +76,7 @@ def test_index_recall_on_clustered_rows() -> None:
             rescored = cand[torch.topk(queries[i] @ rows[cand].T, 10).indices]
             hits += len(set(rescored.tolist()) & set(exact[i].tolist()))
         recall = hits / (10 * len(queries))
-        assert recall >= 0.99, (kind, recall)
+        assert recall >= 0.99, (kind, storage, recall)
 
 
 def test_index_follows_training_and_new_documents(tiny_bert: str, corpus: list[Document]) -> None:

@@ -152,12 +152,13 @@ def set_scoring(retriever: softcar.ClassifierRetriever, **update: Any) -> None:
 
 
 def measure_size(
-    docs: list[softcar.Document], vectors: torch.Tensor, queries: list[str], size: int, kind: str
+    docs: list[softcar.Document], vectors: torch.Tensor, queries: list[str], size: int, kind: str, storage: str
 ) -> dict[str, Any]:
     gc.collect()
     before = rss_mb()
-    retriever = build(docs, vectors, size, softcar.ScoringConfig(ann_threshold=10**9, ann_kind=kind))  # exact first
-    row: dict[str, Any] = {"rows": size, "real_rows": min(size, len(docs)), "ann_kind": kind}
+    config = softcar.ScoringConfig(ann_threshold=10**9, ann_kind=kind, ann_storage=storage)  # type: ignore[arg-type]
+    retriever = build(docs, vectors, size, config)  # exact path first
+    row: dict[str, Any] = {"rows": size, "real_rows": min(size, len(docs)), "ann_kind": kind, "ann_storage": storage}
     row["retriever_rss_mb"] = rss_mb() - before
     results: dict[str, list[list[str]]] = {}
     for alpha in (0.0, 0.1):
@@ -263,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hnsw-at", default="57000", help="sizes also measured with HNSW (comma-separated; '' for none)"
     )
+    parser.add_argument("--fp16-at", default="57000", help="sizes also measured with a float16 index ('' for none)")
     parser.add_argument("--chroma-rows", type=int, default=57000, help="rows pushed into the Chroma server")
     parser.add_argument("--no-chroma", action="store_true", help="skip the Chroma server measurement")
     parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads")
@@ -278,13 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     sizes = [int(s) for s in args.sizes.split(",") if s]
     hnsw_at = {int(s) for s in args.hnsw_at.split(",") if s}
+    fp16_at = {int(s) for s in args.fp16_at.split(",") if s}
     for size in sizes:
-        for kind in [args.ann_kind] + (["hnsw"] if size in hnsw_at and args.ann_kind != "hnsw" else []):
-            row = measure_size(docs, vectors, queries, size, kind)
+        variants = [(args.ann_kind, "float32")]
+        variants += [("hnsw", "float32")] if size in hnsw_at and args.ann_kind != "hnsw" else []
+        variants += [(args.ann_kind, "float16")] if size in fp16_at else []
+        for kind, storage in variants:
+            row = measure_size(docs, vectors, queries, size, kind, storage)
             for name in ("exact_alpha0.0", "exact_alpha0.1", "ann_alpha0.0", "ann_alpha0.1"):
                 row[name]["vs_encoder_p50"] = row[name]["p50_ms"] / row[name]["encoder_p50_ms"]
             rows.append(row)
-            print(f"measured {size} rows ({kind}): {row}", flush=True)
+            print(f"measured {size} rows ({kind}, {storage}): {row}", flush=True)
     chroma = None if args.no_chroma else measure_chroma(docs, vectors, queries, args.chroma_rows)
     report = {
         "benchmark": "serving (issue #8)",
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     table = [
         {
             "rows": r["rows"],
-            "index": r["ann_kind"],
+            "index": r["ann_kind"] + ("" if r["ann_storage"] == "float32" else f" {r['ann_storage']}"),
             "encoder p50": f"{r['ann_alpha0.0']['encoder_p50_ms']:.1f}",
             "exact p50/p95": f"{r['exact_alpha0.0']['p50_ms']:.1f} / {r['exact_alpha0.0']['p95_ms']:.1f}",
             "ann p50/p95": f"{r['ann_alpha0.0']['p50_ms']:.1f} / {r['ann_alpha0.0']['p95_ms']:.1f}",

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, 
 
 AdapterKind = Literal["linear", "mlp"]
 AnnKind = Literal["hnsw", "ivf"]
+IndexStorage = Literal["float32", "float16", "bfloat16"]
 PoolingKind = Literal["auto", "mean", "last", "cls"]
 
 DEFAULT_ENCODER = "softcar:default"
@@ -111,6 +112,10 @@ class ScoringConfig(BaseModel):
     """IVF inverted lists; ``None``: ``sqrt(rows)`` (k-means on 64 sampled rows per list)."""
     ivf_probes: PositiveInt = 32
     """IVF lists visited per query."""
+    ann_storage: IndexStorage = "float32"
+    """How the ANN index stores its copy of the head rows: ``"float16"`` / ``"bfloat16"`` halve
+    its memory and file size (faiss scalar quantizer). Candidates are always re-scored in float32
+    against the head itself, so only which candidates are proposed can change, never a score."""
 
 
 class RetrieverConfig(BaseModel):

@@ -113,15 +113,25 @@ class HeadIndex:
         start = time.perf_counter()
         data = np.ascontiguousarray(rows.detach().cpu().float().numpy())
         count, dim = data.shape
+        storage = {"float16": faiss.ScalarQuantizer.QT_fp16, "bfloat16": faiss.ScalarQuantizer.QT_bf16}
+        quantized = storage.get(config.ann_storage)
+        sample = data
         if config.ann_kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            if quantized is None:
+                index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexHNSWSQ(dim, quantized, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = config.hnsw_ef_construction
         else:
             lists = max(1, min(config.ivf_lists or int(np.sqrt(count)), count // 39 or 1))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-            sample = data
+            coarse = faiss.IndexFlatIP(dim)
+            if quantized is None:
+                index = faiss.IndexIVFFlat(coarse, dim, lists, faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexIVFScalarQuantizer(coarse, dim, lists, quantized, faiss.METRIC_INNER_PRODUCT)
             if count > 64 * lists:  # k-means on a sample: 64 rows per list keep the build fast
                 sample = data[np.sort(np.random.default_rng(0).choice(count, 64 * lists, replace=False))]
+        if not index.is_trained:
             index.train(sample)
         index.add(data)
         self = cls(index, RowStatistics.of(rows), config)
