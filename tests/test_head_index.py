@@ -66,6 +66,7 @@ def test_index_recall_on_clustered_rows() -> None:
     rows = centres.repeat_interleave(100, dim=0) + 0.35 * torch.randn(4000, 64, generator=generator) / 8
     rows = torch.nn.functional.normalize(rows, dim=1)
     queries = torch.nn.functional.normalize(rows[::40] + 0.1 * torch.randn(100, 64, generator=generator) / 8, dim=1)
+    sizes = {}
     for kind, storage in (("hnsw", "float32"), ("ivf", "float32"), ("ivf", "float16"), ("hnsw", "bfloat16")):
         index = HeadIndex.build(rows, ScoringConfig(ann_kind=kind, ann_storage=storage))
         candidates = index.candidates(queries, 100)
@@ -77,6 +78,9 @@ def test_index_recall_on_clustered_rows() -> None:
             hits += len(set(rescored.tolist()) & set(exact[i].tolist()))
         recall = hits / (10 * len(queries))
         assert recall >= 0.99, (kind, storage, recall)
+        sizes[(kind, storage)] = index.nbytes
+    assert sizes[("ivf", "float16")] < 0.6 * sizes[("ivf", "float32")]  # half-precision rows
+    assert sizes[("hnsw", "bfloat16")] < sizes[("hnsw", "float32")]
 
 
 def test_index_follows_training_and_new_documents(tiny_bert: str, corpus: list[Document]) -> None:

@@ -155,6 +155,20 @@ class HeadIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of the index's own structures: stored rows (codes), IVF centroids and ids,
+        HNSW links; the float64 statistics (``d²``) included."""
+        faiss = _faiss()
+        stored = self.index if self.kind == "ivf" else faiss.downcast_index(self.index.storage)
+        total = int(self.index.ntotal) * int(stored.code_size)
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            total += int(ivf.nlist) * int(ivf.d) * 4 + int(self.index.ntotal) * 8
+        else:
+            total += int(self.index.hnsw.neighbors.size()) * 4 + int(self.index.hnsw.levels.size()) * 4
+        return total + int(self.stats.gram.numel() + self.stats.total.numel()) * 8
+
     # ------------------------------------------------------------------ staleness
     def bind(self, weight: torch.Tensor) -> None:
         """Record ``weight`` (the head parameter) as the rows this index reflects."""
