@@ -110,8 +110,9 @@ class ScoringConfig(BaseModel):
     """HNSW query-time beam width (raised to ``ann_candidates`` if lower)."""
     ivf_lists: PositiveInt | None = None
     """IVF inverted lists; ``None``: ``sqrt(rows)`` (k-means on 64 sampled rows per list)."""
-    ivf_probes: PositiveInt = 32
-    """IVF lists visited per query."""
+    ivf_probes: PositiveInt | None = None
+    """IVF lists visited per query; ``None``: ``max(32, lists // 15)`` (32 of 238 lists at 57k rows
+    gave recall@10 0.998; at 1M rows 32 of 1,000 lists gave only 0.972, so the share grows)."""
     ann_storage: IndexStorage = "float32"
     """How the ANN index stores its copy of the head rows: ``"float16"`` / ``"bfloat16"`` halve
     its memory and file size (faiss scalar quantizer). Candidates are always re-scored in float32
