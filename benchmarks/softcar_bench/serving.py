@@ -181,6 +181,40 @@ def measure_size(
     return row
 
 
+def measure_index_only(vectors: torch.Tensor, queries: list[str], size: int, kind: str) -> dict[str, Any]:
+    """Lean variant for machines short of memory: the same head rows and faiss index
+    (``softcar.HeadIndex``, default settings) without a retriever, documents or BM25. Recall@10
+    of candidates re-scored exactly against the exact top 10; per-query index time."""
+    real = min(size, len(vectors))
+    generator = torch.Generator().manual_seed(size)  # the same synthetic rows as build()
+    head = torch.empty(size, vectors.shape[1])  # filled in place: one copy of the rows in memory
+    head[:real] = vectors[:real]
+    torch.randn(size - real, vectors.shape[1], generator=generator, out=head[real:])
+    head[real:] /= head[real:].norm(dim=1, keepdim=True).clamp(min=1e-12)
+    encoder = softcar.ClassifierRetriever(config=softcar.TrainConfig(epochs=0, show_progress=False))
+    query_vectors = encoder.embed_queries(queries)
+    config = softcar.ScoringConfig(ann_kind=kind)  # type: ignore[arg-type]
+    index = softcar.HeadIndex.build(head, config)
+    exact = torch.topk(query_vectors @ head.T, K).indices
+    hits, times = 0, []
+    for i in range(len(queries)):
+        start = time.perf_counter()
+        candidates = index.candidates(query_vectors[i : i + 1], config.ann_candidates)[0]
+        candidates = candidates[candidates >= 0]
+        top = candidates[torch.topk(query_vectors[i] @ head[candidates].T, K).indices]
+        times.append((time.perf_counter() - start) * 1000)
+        hits += len(set(top.tolist()) & set(exact[i].tolist()))
+    return {
+        "rows": size,
+        "real_rows": real,
+        "ann_kind": kind,
+        "index_build_s": index.build_seconds,
+        "index_mb": index.nbytes / 2**20,
+        "recall_at_10": hits / (K * len(queries)),
+        "candidates_and_rescore": percentiles(times),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -188,7 +222,7 @@ def free_port() -> int:
 
 
 def measure_chroma(
-    docs: list[softcar.Document], vectors: torch.Tensor, queries: list[str], size: int
+    docs: list[softcar.Document], vectors: torch.Tensor, queries: list[str], size: int, search_ef: int | None = None
 ) -> dict[str, Any]:
     """Push ``size`` rows into a Chroma server started here; compare top 10 with exact search."""
     import chromadb
@@ -226,7 +260,7 @@ def measure_chroma(
             collection_name="softcar",
             client=client,
             embedding_function=SoftcarEmbeddings(retriever),
-            collection_metadata={"hnsw:space": "cosine"},
+            collection_metadata={"hnsw:space": "cosine", **({"hnsw:search_ef": search_ef} if search_ef else {})},
         )
         index = SoftcarVectorIndex(retriever, store)
         start = time.perf_counter()
@@ -237,6 +271,7 @@ def measure_chroma(
         return {
             "rows": size,
             "real_rows": min(size, len(docs)),
+            "hnsw_search_ef": search_ef or "chroma default",
             "pushed_entries": pushed,
             "push_s": push_s,
             "queries": len(queries),
@@ -267,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fp16-at", default="57000", help="sizes also measured with a float16 index ('' for none)")
     parser.add_argument("--chroma-rows", type=int, default=57000, help="rows pushed into the Chroma server")
+    parser.add_argument("--chroma-search-ef", type=int, default=None, help="Chroma's hnsw:search_ef (default: its own)")
+    parser.add_argument("--chroma-only", action="store_true", help="only the Chroma server measurement")
     parser.add_argument("--no-chroma", action="store_true", help="skip the Chroma server measurement")
+    parser.add_argument("--index-only", action="store_true", help="only the faiss index + recall (less memory)")
     parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads")
     parser.add_argument("--out", default="benchmarks/results/serving.json")
     args = parser.parse_args(argv)
@@ -279,7 +317,25 @@ def main(argv: list[str] | None = None) -> int:
     asked = [d for d in docs if d.id in by_doc]
     queries = [by_doc[d.id] for d in random.Random(1).sample(asked, min(args.queries, len(asked)))]
     rows = []
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sizes = [] if args.chroma_only else [int(s) for s in args.sizes.split(",") if s]
+    if args.index_only:
+        lean = [measure_index_only(vectors, queries, size, args.ann_kind) for size in sizes]
+        softcar.write_json(
+            args.out,
+            {
+                "command": "python -m benchmarks.softcar_bench.serving "
+                + " ".join(argv if argv is not None else sys.argv[1:]),
+                "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
+                "load_avg_at_start": load_start,
+                "load_avg_at_end": os.getloadavg(),
+                "index_only": lean,
+                "note": "index only (no retriever, documents or BM25); 2-core machine shared with other jobs",
+            },
+        )
+        print(
+            softcar.format_table([{**r, "candidates_and_rescore": r["candidates_and_rescore"]["p50_ms"]} for r in lean])
+        )
+        return 0
     hnsw_at = {int(s) for s in args.hnsw_at.split(",") if s}
     fp16_at = {int(s) for s in args.fp16_at.split(",") if s}
     for size in sizes:
@@ -292,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                 row[name]["vs_encoder_p50"] = row[name]["p50_ms"] / row[name]["encoder_p50_ms"]
             rows.append(row)
             print(f"measured {size} rows ({kind}, {storage}): {row}", flush=True)
-    chroma = None if args.no_chroma else measure_chroma(docs, vectors, queries, args.chroma_rows)
+    chroma = None
+    if not args.no_chroma:
+        chroma = measure_chroma(docs, vectors, queries, args.chroma_rows, args.chroma_search_ef)
     report = {
         "benchmark": "serving (issue #8)",
         "command": "python -m benchmarks.softcar_bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),
