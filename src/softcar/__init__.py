@@ -15,6 +15,7 @@ from softcar.data import BeirDataset, load_beir, load_jsonl_documents, packaged_
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import default_encoder_path
 from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
+from softcar.head_index import HeadIndex
 from softcar.interface import Retriever
 from softcar.losses import ClassificationLoss
 from softcar.model import ClassifierHead, SoftcarModel
@@ -27,6 +28,7 @@ from softcar.sampled_softmax import ExactMiner, HardNegativeMiner, SampledSoftma
 from softcar.sparse_adam import RowSparseAdam
 from softcar.trainer import ProgressBar, Regularizer, StepTimer, Trainer, TrainerCallback, TrainResult
 from softcar.validation import TrainingPair, normalize_pairs, validate_k, validate_queries, validate_query
+from softcar.vector_rows import ServingRows, VectorRow, VectorRows, augment_queries
 from softcar.version import __version__
 
 __all__ = [
@@ -54,16 +56,21 @@ __all__ = [
     "ClassifierRetriever",
     "Document",
     "DocumentLike",
+    "HeadIndex",
     "InnerProductRetriever",
     "Retriever",
     "RetrieverConfig",
     "ScoredDocument",
     "ScoringConfig",
+    "ServingRows",
     "SoftcarModel",
     "TrainConfig",
     "TrainingPair",
+    "VectorRow",
+    "VectorRows",
     "__version__",
     "atomic_directory",
+    "augment_queries",
     "coerce_documents",
     "default_encoder_path",
     "evaluate",

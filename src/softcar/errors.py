@@ -72,6 +72,22 @@ class CheckpointMismatchError(CheckpointError, ValueError):
     """A training checkpoint was made with other documents, examples or configuration."""
 
 
+class IndexMismatchError(CorruptCheckpointError):
+    """A saved ANN index does not match the head it is loaded with (row count or fingerprint)."""
+
+
+class InvalidVectorsError(SoftcarError, ValueError):
+    """Precomputed document vectors have the wrong shape or are not finite."""
+
+
+class VectorStoreError(SoftcarError, TypeError):
+    """An object given as softcar's vector store is not usable as one (wrong type or embeddings)."""
+
+
+class VectorSearchUnsupportedError(VectorStoreError):
+    """A vector store given as softcar's index cannot search by vector."""
+
+
 class DatasetError(SoftcarError, OSError):
     """A dataset folder or file is missing or malformed."""
 

@@ -18,9 +18,10 @@ from typing_extensions import Self
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.baselines import BM25Retriever
 from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringConfig, TrainConfig
-from softcar.documents import Document, DocumentLike, coerce_documents
+from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
-from softcar.errors import CheckpointError, CorruptCheckpointError
+from softcar.errors import CheckpointError, CorruptCheckpointError, InvalidVectorsError, UnknownDocumentError
+from softcar.head_index import HeadIndex, rescore
 from softcar.holdout import keep_trained, split_by_document
 from softcar.losses import training_loss
 from softcar.model import SoftcarModel
@@ -42,7 +43,8 @@ from softcar.training_data import (
     span_examples,
     within_budget,
 )
-from softcar.validation import TrainingPair, normalize_pairs, require_fitted, validate_queries
+from softcar.validation import TrainingPair, normalize_pairs, require_fitted, validate_k, validate_queries
+from softcar.vector_rows import ServingRows
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +161,7 @@ class ClassifierRetriever(BaseRetriever):
         head, on a uniform pool above ``TrainConfig.hard_negative_exact_max`` rows). The hook
         for an ANN index over the head rows."""
         self._checkpoint: tuple[Path, dict[str, Any]] | None = None
+        self._head_index: HeadIndex | None = None
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -371,6 +374,7 @@ class ClassifierRetriever(BaseRetriever):
                 self._fit(docs, pairs, query_generator)
             finally:
                 self._checkpoint = None
+            self._sync_index()
         return self
 
     def _fit(
@@ -567,12 +571,18 @@ class ClassifierRetriever(BaseRetriever):
         rows.index_add_(0, torch.tensor([row for _, row in pairs], device=rows.device), weight * vectors.to(rows))
         self.model.head.weight.data.copy_(F.normalize(rows, dim=1))
 
-    def _add_rows(self, docs: list[Document]) -> None:
-        rows = self._embed([d.text for d in docs], self.config.max_document_length, "encoding documents")
+    def _add_rows(self, docs: list[Document], rows: torch.Tensor | None = None) -> None:
+        if rows is None:
+            rows = self._embed([d.text for d in docs], self.config.max_document_length, "encoding documents")
+        rows = rows.to(self.device)
         if self.model.head.num_documents:
             # Trained rows grow in norm; match it so new documents compete on equal terms.
             rows = rows * self.model.head.weight.detach().norm(dim=1).mean()
+        index = self._head_index if self._head_index and self._head_index.matches(self.model.head.weight) else None
         self.model.head.append_rows(rows)
+        if index is not None:  # the old rows are as indexed: add the new ones in place
+            index.add(rows)
+            index.bind(self.model.head.weight)
         self._store(docs)
 
     def _add(self, docs: list[Document]) -> None:
@@ -592,6 +602,7 @@ class ClassifierRetriever(BaseRetriever):
             )
             self._train(new + replay, cfg.new_document_epochs, "add_documents")
             self._refresh_questions()
+        self._sync_index()
 
     def update(self, queries: Iterable[TrainingPair], *, epochs: int | None = None) -> list[float]:
         """Online fine-tuning from feedback ``(query_text, doc_id)`` pairs.
@@ -620,21 +631,128 @@ class ClassifierRetriever(BaseRetriever):
             self._holdout = [pair for pair in self._holdout if pair[1] not in asked]
             self._remember_questions(pairs)
             epochs = cfg.update_epochs if epochs is None else epochs
-            return self._guarded_train(pairs * cfg.labelled_repeats + replay, epochs, "update")
+            losses = self._guarded_train(pairs * cfg.labelled_repeats + replay, epochs, "update")
+            self._sync_index()
+            return losses
+
+    def add_embedded_documents(self, documents: Iterable[DocumentLike], vectors: torch.Tensor) -> list[str]:
+        """Add documents whose head rows were computed elsewhere: ``vectors`` ``[n, dim]`` from
+        :meth:`embed_documents` (e.g. in streaming batches, on another machine). Nothing is
+        encoded or trained; on an unfitted retriever this equals ``fit`` with ``epochs=0``.
+        Returns the ids."""
+        with self._lock:
+            docs = coerce_documents(documents, self._row_of, start_index=len(self._documents))
+            dim = self.model.encoder.dim
+            if not isinstance(vectors, torch.Tensor) or tuple(vectors.shape) != (len(docs), dim):
+                shape = tuple(vectors.shape) if isinstance(vectors, torch.Tensor) else type(vectors).__name__
+                raise InvalidVectorsError(f"expected vectors of shape {(len(docs), dim)}, got {shape}")
+            if not torch.isfinite(vectors).all():
+                raise InvalidVectorsError("vectors contain NaN or Inf")
+            self._add_rows(docs, vectors.detach().float())
+            self._lexical.add_documents(docs)
+            self._sync_index()
+            return [d.id for d in docs]
 
     # ------------------------------------------------------------------ retrieval
+    @property
+    def head_index(self) -> HeadIndex | None:
+        """The ANN index over the head rows in force (``None``: exact search, below
+        ``ScoringConfig.ann_threshold`` rows). Rebuilt when training moved the rows."""
+        with self._lock:
+            return self._sync_index()
+
+    def _sync_index(self) -> HeadIndex | None:
+        """Build the head index if the head is large enough and the index missing or stale."""
+        weight = self.model.head.weight
+        scoring = self.config.scoring
+        if weight.shape[0] < scoring.ann_threshold:
+            self._head_index = None
+            return None
+        if self._head_index is None or not self._head_index.matches(weight):
+            if self._head_index is not None:
+                logger.info("head rows changed since the ANN index was built: rebuilding it")
+            self._head_index = HeadIndex.build(weight, scoring)
+            self._head_index.bind(weight)
+        return self._head_index
+
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         calibration = self.calibration
         with torch.no_grad():
             vectors = self._embed(queries, self.config.max_query_length)
-            soft = self.model.head(vectors)
+            index = self._sync_index()
             question_best = None
             if len(self._questions):
                 question_best = self._questions.best_per_document(vectors, len(self._documents))
             lexical = self._lexical.score_all(queries) if calibration.hybrid_weight > 0 else None
+            if index is not None:
+                # Candidates from the index, scored exactly (softcar.head_index).
+                candidates = index.candidates(vectors, max(self.config.scoring.ann_candidates, k))
+                weight = self.model.head.weight
+                return rescore(vectors, weight, candidates, question_best, lexical, calibration, index.stats, k)
+            soft = self.model.head(vectors)
             scores = combine(soft, question_best, lexical, calibration)
             top = torch.topk(scores, k, dim=1)
         return top.values.cpu(), top.indices.cpu()
+
+    # ------------------------------------------------------------------ vector databases
+    def serving_rows(self, *, question_rows: bool = True) -> ServingRows:
+        """Every scoring row with its document id: head rows, then question rows (bias
+        ``-question_offset``). ``softcar.VectorRows`` pushes them into a vector store."""
+        with self._lock:
+            require_fitted(self._documents, "ClassifierRetriever")
+            docs = self._documents
+            head = self.model.head.weight.detach().cpu().float()
+            ids, kinds = [d.id for d in docs], ["document"] * len(docs)
+            texts, metadata = [d.text for d in docs], [dict(d.metadata) for d in docs]
+            vectors, biases = [head], [torch.zeros(len(docs))]
+            if question_rows and len(self._questions):
+                rows = self._questions.rows.tolist()
+                ids += [docs[r].id for r in rows]
+                kinds += ["question"] * len(rows)
+                texts += list(self._questions.texts)
+                metadata += [dict(docs[r].metadata) for r in rows]
+                vectors.append(self._questions.vectors.float())
+                biases.append(torch.full((len(rows),), -(self.calibration.question_offset or 0.0)))
+            return ServingRows(ids, kinds, texts, metadata, torch.cat(vectors), torch.cat(biases))
+
+    def rank_documents(
+        self, vectors: torch.Tensor, candidates: Sequence[Sequence[str]], k: int
+    ) -> list[list[ScoredDocument]]:
+        """The top ``k`` of each query's candidate documents, scored exactly as ``retrieve``
+        scores them with BM25 fusion off. ``vectors``: ``embed_queries`` output; ``candidates``:
+        document ids per query (e.g. what a vector store found; repeats are ignored)."""
+        k = validate_k(k)
+        with self._lock:
+            require_fitted(self._documents, "ClassifierRetriever")
+            if len(candidates) != len(vectors):
+                raise ValueError(f"{len(candidates)} candidate lists for {len(vectors)} query vectors")
+            weight = self.model.head.weight.detach()
+            queries = vectors.to(weight)
+            question_best = None
+            if len(self._questions):
+                question_best = self._questions.best_per_document(queries, len(self._documents))
+            ranked: list[list[ScoredDocument]] = []
+            for i, ids in enumerate(candidates):
+                unknown = [d for d in ids if d not in self._row_of]
+                if unknown:
+                    raise UnknownDocumentError(f"candidate document id {unknown[0]!r} is not in the retriever")
+                rows = list(dict.fromkeys(self._row_of[d] for d in ids))
+                if not rows:
+                    ranked.append([])
+                    continue
+                index = torch.tensor(rows, device=weight.device)
+                with torch.no_grad():
+                    soft = queries[i : i + 1] @ weight[index].T
+                    best = question_best[i : i + 1, index] if question_best is not None else None
+                    scores = combine(soft, best, None, self.calibration)[0]
+                    top = torch.topk(scores, min(k, len(rows)))
+                ranked.append(
+                    [
+                        ScoredDocument(document=self._documents[rows[j]], score=float(v))
+                        for v, j in zip(top.values.tolist(), top.indices.tolist())
+                    ]
+                )
+            return ranked
 
     # ------------------------------------------------------------------ trainable state
     def trainable_state_dict(self, parts: Sequence[str] = ("adapter", "head")) -> dict[str, torch.Tensor]:
@@ -678,7 +796,14 @@ class ClassifierRetriever(BaseRetriever):
             folder / QUESTION_TEXTS_FILE,
             [Document(id=str(i), text=t) for i, t in enumerate(self._questions.texts)],
         )
-        return {**encoder_manifest(self.config, self.encoder_fingerprint), "calibration": self.calibration.model_dump()}
+        payload = {
+            **encoder_manifest(self.config, self.encoder_fingerprint),
+            "calibration": self.calibration.model_dump(),
+        }
+        index = self._sync_index()
+        if index is not None:
+            payload["head_index"] = index.save(folder, self.model.head.weight)
+        return payload
 
     @classmethod
     def _from_manifest(cls, folder: Path, manifest: dict[str, Any], **options: Any) -> Self:
@@ -714,3 +839,19 @@ class ClassifierRetriever(BaseRetriever):
         self._holdout = []  # not persisted: after loading, calibration uses all feedback
         self._trained_beside_holdout = False
         self._lexical.fit(self._documents)
+        self._load_index(folder, manifest)
+
+    def _load_index(self, folder: Path, manifest: dict[str, Any]) -> None:
+        """The saved ANN index if the head is large enough for one (built, logged, if none was saved)."""
+        weight = self.model.head.weight
+        entry = manifest.get("head_index")
+        if weight.shape[0] < self.config.scoring.ann_threshold:
+            return
+        if entry is None:
+            logger.info("%s has no head index: building one over %d rows", folder, weight.shape[0])
+        else:
+            if not isinstance(entry, dict):
+                raise CorruptCheckpointError(f"{folder}: the manifest's head_index entry is not an object")
+            self._head_index = HeadIndex.load(folder, entry, weight.detach(), self.config.scoring)
+            self._head_index.bind(weight)
+        self._sync_index()
