@@ -3,6 +3,7 @@ split across them, an optional SuperNode crash, and a comparison with centralise
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -20,6 +21,8 @@ from softcar_federated.supervisor import LaunchError, LocalFederation, read_roun
 logger = logging.getLogger(__name__)
 
 KEY_METRICS = ("R@1", "MRR@10")
+TIMING_KEYS = ("train-s-max", "train-s-sum", "handler-s-max", "handler-s-sum")
+"""Per-round client compute (seconds) the server aggregates from the clients' metrics."""
 
 
 class LocalRunSpec(BaseModel):
@@ -45,6 +48,9 @@ class LocalRunSpec(BaseModel):
     learning_rate: float = 2e-4
     head_learning_rate: float = 2e-3
     max_grad_norm: float = 1.0
+    local_parts: str = "adapter+head"
+    warm_start: bool = False
+    clients_per_round: int = Field(0, ge=0, description="dp='client-level': clients sampled per round; 0: all.")
     round_timeout: float = 300.0
     timeout: float = 1800.0
     centralized: bool = True
@@ -69,10 +75,17 @@ class LocalRunSpec(BaseModel):
             "learning-rate": self.learning_rate,
             "head-learning-rate": self.head_learning_rate,
             "max-grad-norm": self.max_grad_norm,
+            "local-parts": self.local_parts,
+            "warm-start": self.warm_start,
             "min-train-nodes": min_nodes,
             "min-available-nodes": min_nodes,
             "round-timeout": self.round_timeout,
             "output-dir": str(output_dir),
+            **(
+                {"population": self.clients, "clients-per-round": self.clients_per_round or self.clients}
+                if self.dp == "client-level"
+                else {}
+            ),
             **self.extra_run_config,
         }
 
@@ -173,6 +186,7 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         # `flwr run --stream` returns when the run ends; the ServerApp writes its summary last.
         wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
         rounds = read_rounds(output_dir)
+        server_summary = json.loads((output_dir / "server" / "summary.json").read_text(encoding="utf-8"))
         fl_wall = time.perf_counter() - started
     first, last = rounds[0], rounds[-1]
     if killed is not None and killed["restarted"]:
@@ -191,7 +205,11 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         "epsilon": float(epsilon) if isinstance(epsilon, (int, float)) else (math.inf if epsilon == "inf" else epsilon),
         "delta": last.get("delta"),
         "initial": _pick(first.get("server_eval")),
-        "final": _pick(last.get("server_eval")),
+        # the federation's output: the best global model the server kept (by its held-out evaluation)
+        "final": _pick((server_summary.get("best") or {}).get("server_eval") or last.get("server_eval")),
+        "final_round": (server_summary.get("best") or {}).get("round"),
+        "last_round": _pick(last.get("server_eval")),
+        "warm_start_s": server_summary.get("warm_start_s"),
         "final_federated_eval": _pick(last.get("federated_eval")),
         "per_round": [
             {
@@ -202,6 +220,9 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
                 "accepted": len(r.get("accepted", [])),
                 "failed": len(r.get("failed", [])),
                 "rejected": len(r.get("rejected", [])),
+                "not_released": r.get("not_released"),
+                "train_phase_s": r.get("train_phase_s"),
+                **{k: (r.get("train") or {}).get(k) for k in TIMING_KEYS},
             }
             for r in rounds
         ],
