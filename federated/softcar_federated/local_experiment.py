@@ -6,17 +6,29 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from softcar import ClassifierRetriever, TrainConfig
 from softcar_federated import partitions
 from softcar_federated.local_training import DPParams, train_round
 from softcar_federated.privacy import planned_noise
-from softcar_federated.supervisor import LaunchError, LocalFederation, read_rounds, wait_for
+from softcar_federated.supervisor import (
+    LaunchError,
+    LocalFederation,
+    config_string,
+    flower_executable,
+    is_alive,
+    read_rounds,
+    wait_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,43 +163,14 @@ def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[
     }
 
 
-def run_local(spec: LocalRunSpec) -> dict[str, Any]:
-    """Start everything, run, optionally crash and restart one SuperNode, stop everything."""
-    started = time.perf_counter()
-    with LocalFederation(spec.work_dir) as fed:
-        output_dir = fed.work_dir / "output"
-        fed.start_superlink()
-        for i in range(spec.clients):
-            fed.start_node(
-                i, {"partition-id": i, "num-partitions": spec.clients, "work-dir": str(output_dir / f"node-{i}")}
-            )
-        run = fed.run(spec.run_config(output_dir))
-        killed: dict[str, Any] | None = None
-        deadline = time.monotonic() + spec.timeout
-        while run.process.poll() is None:
-            if time.monotonic() > deadline:
-                raise LaunchError(f"run did not finish within {spec.timeout:.0f}s; logs in {fed.logs}")
-            rounds = read_rounds(output_dir)
-            done = max((r["round"] for r in rounds), default=-1)
-            k = spec.kill_client_at_round
-            if k is not None and killed is None and done >= k - 1:
-                # Round k is in flight (its predecessor is logged): crash the last SuperNode now.
-                time.sleep(2.0)
-                victim = spec.clients - 1
-                fed.kill_node(victim)
-                killed = {"node": victim, "round": k, "restarted": False, "rejoined_at_round": None}
-                if spec.rejoin:  # same node config and work dir: it keeps its privacy ledger
-                    time.sleep(1.0)
-                    fed.start_node(victim)
-                    killed["restarted"] = True
-            time.sleep(0.5)
-        if run.process.returncode != 0:
-            raise LaunchError(f"flwr run failed ({run.process.returncode}):\n{fed.tail(run)}")
-        # `flwr run --stream` returns when the run ends; the ServerApp writes its summary last.
-        wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
-        rounds = read_rounds(output_dir)
-        server_summary = json.loads((output_dir / "server" / "summary.json").read_text(encoding="utf-8"))
-        fl_wall = time.perf_counter() - started
+def _server_summary(output_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((output_dir / "server" / "summary.json").read_text(encoding="utf-8")))
+
+
+def _summary(
+    spec: LocalRunSpec, rounds: list[dict], server_summary: dict[str, Any], killed: dict[str, Any] | None, wall_s: float
+) -> dict[str, Any]:
+    """The JSON summary of a finished run, from the server's round log and summary."""
     first, last = rounds[0], rounds[-1]
     if killed is not None and killed["restarted"]:
         back = [
@@ -227,8 +210,104 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
             for r in rounds
         ],
         "killed": killed,
-        "wall_s": round(fl_wall, 2),
+        "wall_s": round(wall_s, 2),
     }
+    return summary
+
+
+def run_local(spec: LocalRunSpec) -> dict[str, Any]:
+    """Start everything, run, optionally crash and restart one SuperNode, stop everything."""
+    started = time.perf_counter()
+    with LocalFederation(spec.work_dir) as fed:
+        output_dir = fed.work_dir / "output"
+        fed.start_superlink()
+        for i in range(spec.clients):
+            fed.start_node(
+                i, {"partition-id": i, "num-partitions": spec.clients, "work-dir": str(output_dir / f"node-{i}")}
+            )
+        run = fed.run(spec.run_config(output_dir))
+        killed: dict[str, Any] | None = None
+        deadline = time.monotonic() + spec.timeout
+        while run.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise LaunchError(f"run did not finish within {spec.timeout:.0f}s; logs in {fed.logs}")
+            rounds = read_rounds(output_dir)
+            done = max((r["round"] for r in rounds), default=-1)
+            k = spec.kill_client_at_round
+            if k is not None and killed is None and done >= k - 1:
+                # Round k is in flight (its predecessor is logged): crash the last SuperNode now.
+                time.sleep(2.0)
+                victim = spec.clients - 1
+                fed.kill_node(victim)
+                killed = {"node": victim, "round": k, "restarted": False, "rejoined_at_round": None}
+                if spec.rejoin:  # same node config and work dir: it keeps its privacy ledger
+                    time.sleep(1.0)
+                    fed.start_node(victim)
+                    killed["restarted"] = True
+            time.sleep(0.5)
+        if run.process.returncode != 0:
+            raise LaunchError(f"flwr run failed ({run.process.returncode}):\n{fed.tail(run)}")
+        # `flwr run --stream` returns when the run ends; the ServerApp writes its summary last.
+        wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
+        rounds = read_rounds(output_dir)
+        server_summary = _server_summary(output_dir)
+        fl_wall = time.perf_counter() - started
+    summary = _summary(spec, rounds, server_summary, killed, fl_wall)
     if spec.centralized:
         summary["centralized"] = centralized_baseline(spec)
     return summary
+
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _processes_mentioning(folder: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if str(folder) in text and process.pid != os.getpid():
+            found.append(process)
+    return found
+
+
+def run_simulation(spec: LocalRunSpec) -> dict[str, Any]:
+    """The same app on Flower's simulation engine (``flwr run federated local-sim``) with
+    ``spec.clients`` virtual SuperNodes: many clients on one machine (client-level DP needs
+    16-64). A private ``FLWR_HOME`` identifies the managed SuperLink that ``flwr run`` leaves
+    behind; it and everything else started under it are stopped before returning."""
+    started = time.perf_counter()
+    work = Path(spec.work_dir) if spec.work_dir else Path(tempfile.mkdtemp(prefix="softcar-sim-"))
+    home = work / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text((APP_DIR / "flwr-home" / "config.toml").read_text(encoding="utf-8"))
+    output_dir = work / "output"
+    run_config = spec.run_config(output_dir)
+    run_config["min-train-nodes"] = run_config["min-available-nodes"] = spec.clients_per_round or spec.clients
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        HF_HUB_OFFLINE="1",
+        PATH=f"{Path(flower_executable('flwr')).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    command = [flower_executable("flwr"), "run", str(APP_DIR), "local-sim", "--stream"]
+    command += ["--federation-config", f"num-supernodes={spec.clients}", "--run-config", config_string(run_config)]
+    log_path = work / "flwr-run.log"
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=spec.timeout)
+        if result.returncode != 0:
+            raise LaunchError(f"flwr run (simulation) failed ({result.returncode}); log: {log_path}")
+        wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
+    finally:
+        for process in _processes_mentioning(home):
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        wait_for(lambda: not any(is_alive(p.pid) for p in _processes_mentioning(home)), 30, what="simulation exit")
+    rounds = read_rounds(output_dir)
+    return _summary(spec, rounds, _server_summary(output_dir), None, time.perf_counter() - started)
