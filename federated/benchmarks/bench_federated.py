@@ -75,10 +75,19 @@ GRIDS: dict[str, list[Row]] = {
         Row(label="DP-SGD ε=8 (adapter+head, B=32, C=1)", **EPS8),  # type: ignore[arg-type]
         Row(label="DP-SGD ε=8 head only", local_parts="head", **EPS8),  # type: ignore[arg-type]
     ],
+    # the rows "small" does not have (merge the two result files with --from-json a.json b.json)
     "utility": [
-        NODP,
-        Row(label="DP-SGD ε=8 (adapter+head, B=32, C=1)", **EPS8),  # type: ignore[arg-type]
-        Row(label="DP-SGD ε=8 head only", local_parts="head", **EPS8),  # type: ignore[arg-type]
+        Row(
+            label="client-level DP ε=8, 16 clients, 8 per round (simulation)",
+            clients=16,
+            clients_per_round=8,
+            epsilon=8.0,
+            dp="client-level",
+            local_parts="head",
+            delta=1e-2,
+            max_grad_norm=0.1,
+            engine="simulation",
+        ),
         Row(
             label="DP-SGD ε=8 head only, large batch B=128, C=0.1, 2 local epochs",
             local_parts="head",
@@ -95,17 +104,6 @@ GRIDS: dict[str, list[Row]] = {
             repeats=3,
             epsilon=1.0,
             dp="client",
-        ),
-        Row(
-            label="client-level DP ε=8, 16 clients, 8 per round (simulation)",
-            clients=16,
-            clients_per_round=8,
-            epsilon=8.0,
-            dp="client-level",
-            local_parts="head",
-            delta=1e-2,
-            max_grad_norm=0.1,
-            engine="simulation",
         ),
     ],
     "chatterbot": [NODP],
@@ -220,7 +218,10 @@ def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -
         starts = [run["summary"]["initial"]["R@1"] for run in reps]
         timing: dict[str, list[float]] = {"wall": [], "parallel": [], "compute": [], "central": []}
         for run in reps:
+            # the quality both reached; no time to quality when FL did not improve on its start
             target = min(run["summary"]["final"]["R@1"], central_best)
+            if target <= run["summary"]["initial"]["R@1"] + 1e-9:
+                continue
             times = {k: first_time(run["curve"], target, f"{k}_s") for k in ("wall", "parallel", "compute")}
             times["central"] = first_time(central["curve"], target, "elapsed_s")
             for k, v in times.items():
@@ -287,12 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-query-length", type=int, default=24)
     parser.add_argument("--pseudo-queries", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=0, help="override every row's repeats (0: the grid's)")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results-utility.json")))
-    parser.add_argument("--from-json", default=None, help="re-print the table of an earlier results file")
+    parser.add_argument("--out", default=None, help="results JSON (default: results-<grid>.json beside this script)")
+    parser.add_argument(
+        "--from-json", nargs="+", default=None, help="re-print (and merge) earlier results files of one dataset"
+    )
     args = parser.parse_args(argv)
     if args.from_json:
-        previous = json.loads(Path(args.from_json).read_text())
-        print_table(previous["centralized"], previous["rows"])
+        files = [json.loads(Path(f).read_text()) for f in args.from_json]
+        central = files[0]["centralized"]
+        merged = [(Row(**r["row"]), r["runs"]) for f in files for r in f["runs"]]
+        name = next(iter(central))
+        rows = summarise(name, central[name], merged)
+        print_table(central, rows)
+        if args.out:
+            write_json(Path(args.out), {"merged_from": args.from_json, "centralized": central, "rows": rows})
         return 0
     logging.basicConfig(level=logging.WARNING)
     started, load_before = time.perf_counter(), os.getloadavg()
@@ -309,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     central = centralized_curve(LocalRunSpec(clients=1, target_epsilon=math.inf, **base))
     print(f"centralized: {central['curve'][-1]}", file=sys.stderr, flush=True)
     runs: list[tuple[Row, list[dict]]] = []
+    failures: list[dict] = []
     for row in GRIDS[args.grid]:
         reps = []
         for _ in range(args.repeats or row.repeats):
@@ -326,9 +336,15 @@ def main(argv: list[str] | None = None) -> int:
                 clients_per_round=row.clients_per_round,
                 **{**base, "extra_run_config": extra},
             )
-            reps.append(federated_run(spec, row.engine))
+            try:
+                reps.append(federated_run(spec, row.engine))
+            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+                failures.append({"row": row.label, "error": repr(exc)})
+                print(f"{row.label}: FAILED {exc!r}", file=sys.stderr, flush=True)
+                continue
             print(f"{row.label}: {reps[-1]['summary']['final']} ε={reps[-1]['summary']['epsilon']}", file=sys.stderr)
-        runs.append((row, reps))
+        if reps:
+            runs.append((row, reps))
     rows = summarise(args.dataset_name, central, runs)
     payload = {
         "args": vars(args),
@@ -339,9 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         "centralized": {args.dataset_name: central},
         "rows": rows,
         "runs": [{"row": row.model_dump(), "runs": reps} for row, reps in runs],
+        "failures": failures,
         "total_s": round(time.perf_counter() - started, 1),
     }
-    write_json(Path(args.out), payload)
+    write_json(Path(args.out or Path(__file__).with_name(f"results-{args.grid}.json")), payload)
     print_table(payload["centralized"], rows)
     print(f"\ntotal {payload['total_s']} s; load average {load_before} → {payload['load_average_after']}")
     return 0
