@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-query-length", type=int, default=24)
     parser.add_argument("--pseudo-queries", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=0, help="override every row's repeats (0: the grid's)")
+    parser.add_argument(
+        "--runs-only", action="store_true", help="no centralised curve, no table: FL runs only (merge them later)"
+    )
     parser.add_argument("--out", default=None, help="results JSON (default: results-<grid>.json beside this script)")
     parser.add_argument(
         "--from-json", nargs="+", default=None, help="re-print (and merge) earlier results files of one dataset"
@@ -346,12 +349,32 @@ def main(argv: list[str] | None = None) -> int:
         centralized=False,
         extra_run_config={"federated-evaluation": False},
     )
-    central = centralized_curve(LocalRunSpec(clients=1, target_epsilon=math.inf, **base))
-    print(f"centralized: {central['curve'][-1]}", file=sys.stderr, flush=True)
+    out = Path(args.out or Path(__file__).with_name(f"results-{args.grid}.json"))
     runs: list[tuple[Row, list[dict]]] = []
     failures: list[dict] = []
+
+    def save(**extra: Any) -> dict:
+        payload = {
+            "args": vars(args),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": "2 CPU cores shared with other developers' jobs (load average recorded), no GPU",
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "runs": [{"row": row.model_dump(), "runs": reps} for row, reps in runs],
+            "failures": failures,
+            "total_s": round(time.perf_counter() - started, 1),
+            **extra,
+        }
+        write_json(out, payload)  # after every run: an interrupted grid keeps what it measured
+        return payload
+
+    central: dict | None = None
+    if not args.runs_only:
+        central = centralized_curve(LocalRunSpec(clients=1, target_epsilon=math.inf, **base))
+        print(f"centralized: {central['curve'][-1]}", file=sys.stderr, flush=True)
     for row in GRIDS[args.grid]:
-        reps = []
+        reps: list[dict] = []
+        runs.append((row, reps))
         for _ in range(args.repeats or row.repeats):
             extra = dict(base["extra_run_config"], **{"target-delta": row.delta})
             spec = LocalRunSpec(
@@ -374,22 +397,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row.label}: FAILED {exc!r}", file=sys.stderr, flush=True)
                 continue
             print(f"{row.label}: {reps[-1]['summary']['final']} ε={reps[-1]['summary']['epsilon']}", file=sys.stderr)
-        if reps:
-            runs.append((row, reps))
+            save(centralized={args.dataset_name: central} if central else None)
+        if not reps:
+            runs.pop()
+    if central is None:
+        save()
+        return 0
     rows = summarise(args.dataset_name, central, runs)
-    payload = {
-        "args": vars(args),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": "2 CPU cores shared with other developers' jobs (load average recorded), no GPU",
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "centralized": {args.dataset_name: central},
-        "rows": rows,
-        "runs": [{"row": row.model_dump(), "runs": reps} for row, reps in runs],
-        "failures": failures,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    write_json(Path(args.out or Path(__file__).with_name(f"results-{args.grid}.json")), payload)
+    payload = save(centralized={args.dataset_name: central}, rows=rows)
     print_table(payload["centralized"], rows)
     print(f"\ntotal {payload['total_s']} s; load average {load_before} → {payload['load_average_after']}")
     return 0
