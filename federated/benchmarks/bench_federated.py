@@ -124,17 +124,6 @@ GRIDS: dict[str, list[Row]] = {
         ),
         Row(label="DP-SGD ε=1 head only + warm start", local_parts="head", warm_start=True, epsilon=1.0, dp="client"),
     ],
-    # the large-batch row alone (run with --runs-only, merged with "chatterbot")
-    "chatterbot-large-batch": [
-        Row(
-            label="DP-SGD ε=8 head only, large batch B=128, C=0.1, 2 local epochs",
-            local_parts="head",
-            batch_size=128,
-            max_grad_norm=0.1,
-            local_epochs=2,
-            **EPS8,  # type: ignore[arg-type]
-        ),
-    ],
     # two more of each DP headline row (merged with "chatterbot": n = 3)
     "chatterbot-repeats": [
         Row(label="DP-SGD ε=8 head only + warm start", local_parts="head", warm_start=True, repeats=2, **EPS8),  # type: ignore[arg-type]
