@@ -1,11 +1,25 @@
-"""Benchmark: centralised vs federated (2/4 clients, IID / non-IID) softcar fine-tuning, with
-client DP-SGD at several ε. Every FL run is a real SuperLink + SuperNodes on loopback.
+"""Benchmark: federated vs centralised softcar fine-tuning, DP recipes side by side, and time to quality.
 
-Measures held-out Recall@1 / MRR@10 after each round (epoch for centralised), the wall time to
-reach a target quality (centralised best R@1 minus ``--target-gap``), the speed-up of FL over
-centralised to that quality, and the quality cost of DP. Prints a Markdown table, writes JSON.
+Every FL run is a real federation: a SuperLink + SuperNodes on loopback (``softcar-fed local``
+machinery) or, for many clients, Flower's simulation engine. Centralised = ``ClassifierRetriever.fit``
+on the pooled data with the clients' settings (``local_experiment.centralized_config``), evaluated
+after every epoch. DP rows are unseeded on purpose (noise must not be replayable) and repeated;
+the table gives mean ± spread (half the range) over the repeats.
 
-    python federated/benchmarks/bench_federated.py --grid quick --out federated/benchmarks/results.json
+Time to quality, for each FL run: the R@1 it reached (its kept model) or the centralised best,
+whichever is lower, is the target; then
+  (a) wall  = real seconds from the first round's start until the server's evaluation first
+              reaches the target (this machine: clients run one after another on 2 shared cores);
+  (b) par   = simulated parallel time: per round, the slowest client's measured time in its
+              ClientApp ``train`` (model load + training) plus the round's communication, measured
+              as the part of the server's wait for the replies that the clients' ``train`` times do
+              not explain (wait − their sum when they ran one after another, wait − the slowest
+              when they overlapped): transport, serialisation, ClientApp start-up, scheduling;
+              an upper bound on communication;
+  (c) comp  = per round, the slowest client's training time alone (no load, no communication);
+and the centralised training time to the same target. Speed-up = centralised / FL.
+
+    python federated/benchmarks/bench_federated.py --grid small --out federated/benchmarks/results-utility-small.json
 """
 
 from __future__ import annotations
@@ -14,9 +28,14 @@ import argparse
 import json
 import logging
 import math
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from softcar import ClassifierRetriever, Trainer, TrainerCallback, write_json
 from softcar_federated import partitions
@@ -25,24 +44,98 @@ from softcar_federated.local_experiment import (
     centralized_config,
     centralized_retriever,
     run_local,
+    run_simulation,
 )
-from softcar_federated.local_training import DPParams, train_round
-from softcar_federated.privacy import planned_noise
 
-GRIDS = {
-    # (clients, iid, epsilon)
-    "full": [(c, iid, e) for c in (2, 4) for iid in (False, True) for e in (math.inf, 8.0, 4.0, 1.0)],
-    "quick": [
-        (2, False, math.inf),
-        (2, True, math.inf),
-        (4, False, math.inf),
-        (4, True, math.inf),
-        (2, False, 8.0),
-        (2, False, 4.0),
-        (2, False, 1.0),
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+class Row(BaseModel):
+    """One benchmark row: an FL setting, repeated ``repeats`` times."""
+
+    label: str
+    clients: int = 4
+    epsilon: float = math.inf
+    dp: str = "none"
+    local_parts: str = "adapter+head"
+    warm_start: bool = False
+    batch_size: int = 32
+    max_grad_norm: float = 1.0
+    local_epochs: int = 1
+    head_learning_rate: float = 2e-3
+    engine: str = "deployment"
+    clients_per_round: int = 0
+    delta: float = 1e-5
+    repeats: int = 1
+
+
+NODP = Row(label="FL no DP")
+EPS8 = dict(epsilon=8.0, dp="client")
+GRIDS: dict[str, list[Row]] = {
+    "small": [
+        NODP,
+        Row(label="DP-SGD ε=8 (adapter+head, B=32, C=1)", **EPS8),  # type: ignore[arg-type]
+        Row(label="DP-SGD ε=8 head only", local_parts="head", **EPS8),  # type: ignore[arg-type]
     ],
-    # a longer run of the two settings with quality targets (use with --rounds 4)
-    "targets": [(2, False, math.inf), (2, False, 8.0)],
+    # the rows "small" does not have (merge the two result files with --from-json a.json b.json)
+    "utility": [
+        Row(
+            label="client-level DP ε=8, 16 clients, 8 per round (simulation)",
+            clients=16,
+            clients_per_round=8,
+            epsilon=8.0,
+            dp="client-level",
+            local_parts="head",
+            delta=1e-2,
+            max_grad_norm=0.1,
+            engine="simulation",
+        ),
+        Row(
+            label="DP-SGD ε=8 head only, large batch B=128, C=0.1, 2 local epochs",
+            local_parts="head",
+            batch_size=128,
+            max_grad_norm=0.1,
+            local_epochs=2,
+            **EPS8,  # type: ignore[arg-type]
+        ),
+        Row(label="DP-SGD ε=8 head only + warm start", local_parts="head", warm_start=True, repeats=3, **EPS8),  # type: ignore[arg-type]
+        Row(
+            label="DP-SGD ε=1 head only + warm start",
+            local_parts="head",
+            warm_start=True,
+            repeats=3,
+            epsilon=1.0,
+            dp="client",
+        ),
+    ],
+    # chatterbot_qa has headroom (python-faq starts at 0.945 R@1, centralised ends at 0.956)
+    "chatterbot": [
+        NODP,
+        Row(label="DP-SGD ε=8 (adapter+head, B=32, C=1)", **EPS8),  # type: ignore[arg-type]
+        Row(label="DP-SGD ε=8 head only", local_parts="head", **EPS8),  # type: ignore[arg-type]
+        Row(label="DP-SGD ε=8 head only + warm start", local_parts="head", warm_start=True, **EPS8),  # type: ignore[arg-type]
+        Row(
+            label="DP-SGD ε=8 head only, large batch B=128, C=0.1, 2 local epochs",
+            local_parts="head",
+            batch_size=128,
+            max_grad_norm=0.1,
+            local_epochs=2,
+            **EPS8,  # type: ignore[arg-type]
+        ),
+        Row(label="DP-SGD ε=1 head only + warm start", local_parts="head", warm_start=True, epsilon=1.0, dp="client"),
+    ],
+    # two more of each DP headline row (merged with "chatterbot": n = 3)
+    "chatterbot-repeats": [
+        Row(label="DP-SGD ε=8 head only + warm start", local_parts="head", warm_start=True, repeats=2, **EPS8),  # type: ignore[arg-type]
+        Row(
+            label="DP-SGD ε=1 head only + warm start",
+            local_parts="head",
+            warm_start=True,
+            repeats=2,
+            epsilon=1.0,
+            dp="client",
+        ),
+    ],
 }
 
 
@@ -65,72 +158,75 @@ class EpochQuality(TrainerCallback):
         self._since = time.perf_counter()
 
 
-def centralized_curve(spec: LocalRunSpec, epsilon: float) -> dict:
-    """Centralised training on the pooled data, evaluated after every epoch (the clients'
-    settings and epoch budget): ``ClassifierRetriever.fit`` without DP, the same set-up under
-    DP-SGD otherwise."""
-    started = time.perf_counter()
+def _pick(scores: dict) -> dict:
+    return {"R@1": float(scores["R@1"]), "MRR@10": float(scores["MRR@10"])}
+
+
+def centralized_curve(spec: LocalRunSpec) -> dict:
+    """``ClassifierRetriever.fit`` on the pooled documents + feedback (no DP), from the same
+    untrained start as the clients, evaluated after every epoch."""
     split = partitions.load_split(spec.dataset)
     config = centralized_config(spec)
     retriever = centralized_retriever(spec)
     retriever.config.train = config.model_copy(update={"epochs": 0})
     retriever.fit(split.corpus)  # untrained (inner-product search): the clients' starting point
-    examples = partitions.local_examples(retriever, None, split.feedback)
-    setup_s = time.perf_counter() - started
     observer = EpochQuality(retriever, split.heldout)
-    if math.isinf(epsilon):
-        retriever.config.train = config
-        retriever.callbacks.append(observer)
-        retriever.fit(split.corpus, queries=split.feedback)  # from scratch, observed per epoch
-        spent = math.inf
-    else:
-        sigma, _, _ = planned_noise(epsilon, 1e-5, math.ceil(len(examples) / config.batch_size), config.epochs, 1)
-        assert sigma is not None
-        _, ledger = train_round(
-            retriever,
-            examples,
-            config,
-            epochs=config.epochs,
-            dp=DPParams(sigma, spec.max_grad_norm),
-            callbacks=[observer],
-        )
-        spent = ledger.epsilon(1e-5)
-    return {
-        "kind": "centralized",
-        "epsilon": spent,
-        "target_epsilon": epsilon,
-        "curve": observer.curve,
-        "setup_s": round(setup_s, 2),
-        "examples": len(examples),
-    }
+    retriever.config.train = config
+    retriever.callbacks.append(observer)
+    retriever.fit(split.corpus, queries=split.feedback)
+    return {"kind": "centralized", "epochs": config.epochs, "curve": observer.curve}
 
 
-def _pick(scores: dict) -> dict:
-    return {"R@1": float(scores["R@1"]), "MRR@10": float(scores["MRR@10"])}
-
-
-def federated_curve(spec: LocalRunSpec) -> dict:
-    summary = run_local(spec)
+def federated_run(spec: LocalRunSpec, engine: str) -> dict:
+    summary = run_simulation(spec) if engine == "simulation" else run_local(spec)
     rounds = summary["per_round"]
     start = rounds[0]["elapsed_s"]  # round 0 = evaluation of the initial model, after server setup
-    curve = [
-        {"round": r["round"], "elapsed_s": round(r["elapsed_s"] - start, 2), "R@1": r["R@1"], "MRR@10": r["MRR@10"]}
-        for r in rounds
-    ]
-    return {
-        "kind": "federated",
-        "clients": spec.clients,
-        "iid": spec.iid,
-        "target_epsilon": spec.target_epsilon,
-        "epsilon": summary["epsilon"],
-        "curve": curve,
-        "wall_s": summary["wall_s"],
-        "rounds_completed": summary["rounds_completed"],
-    }
+    curve = []
+    par = comp = 0.0
+    for r in rounds:
+        if r["round"] > 0:
+            handler_max, handler_sum = r.get("handler-s-max") or 0.0, r.get("handler-s-sum") or 0.0
+            phase = r.get("train_phase_s") or 0.0
+            # the server's wait that the clients' train calls do not explain: clients one after
+            # another → phase − Σ; clients overlapping on the shared cores → phase − max
+            comm = phase - handler_sum if handler_sum <= phase else phase - handler_max
+            par += handler_max + max(comm, 0.0)
+            comp += r.get("train-s-max") or 0.0
+        curve.append(
+            {
+                "round": r["round"],
+                "wall_s": round(r["elapsed_s"] - start, 2),
+                "parallel_s": round(par, 2),
+                "compute_s": round(comp, 2),
+                "R@1": r.get("R@1"),
+                "MRR@10": r.get("MRR@10"),
+                "epsilon": r.get("epsilon"),
+                "accepted": r.get("accepted"),
+                "not_released": r.get("not_released"),
+                "raw": {
+                    k: r.get(k)
+                    for k in ("train_phase_s", "train-s-max", "train-s-sum", "handler-s-max", "handler-s-sum")
+                },
+            }
+        )
+    return {"summary": {k: v for k, v in summary.items() if k != "per_round"}, "curve": curve}
+
+
+def first_time(curve: list[dict], target: float, key: str) -> float | None:
+    for point in curve:
+        if point["R@1"] is not None and point["R@1"] >= target - 1e-9:
+            return float(point[key])
+    return None
+
+
+def mean_spread(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (max(values) - min(values)) / 2
 
 
 def fmt(value: object, places: int = 3) -> str:
-    """A table cell: — for missing, ∞ for infinite, fixed decimals for floats."""
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -138,132 +234,189 @@ def fmt(value: object, places: int = 3) -> str:
     return str(value)
 
 
-def time_to(curve: list[dict], target: float) -> float | None:
-    for point in curve:
-        if point["R@1"] >= target - 1e-9:
-            return point["elapsed_s"]
-    return None
+def pm(mean: float | None, spread: float | None, n: int, places: int = 3) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.{places}f} ± {spread:.{places}f}" if n > 1 else f"{mean:.{places}f}"
+
+
+def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -> list[dict]:
+    central_best = max(p["R@1"] for p in central["curve"])
+    central_final = central["curve"][-1]["R@1"]
+    nodp = next((r for row, r in runs if row.dp == "none"), None)
+    nodp_final = statistics.fmean(run["summary"]["final"]["R@1"] for run in nodp) if nodp else None
+    table = []
+    for row, reps in runs:
+        finals = [run["summary"]["final"]["R@1"] for run in reps]
+        lasts = [run["summary"]["last_round"]["R@1"] for run in reps]
+        mrrs = [run["summary"]["final"]["MRR@10"] for run in reps]
+        eps = [float(run["summary"]["epsilon"]) for run in reps]
+        starts = [run["summary"]["initial"]["R@1"] for run in reps]
+        timing: dict[str, list[float]] = {"wall": [], "parallel": [], "compute": [], "central": []}
+        for run in reps:
+            # the quality both reached; no time to quality when FL did not improve on its start
+            target = min(run["summary"]["final"]["R@1"], central_best)
+            if target <= run["summary"]["initial"]["R@1"] + 1e-9:
+                continue
+            times = {k: first_time(run["curve"], target, f"{k}_s") for k in ("wall", "parallel", "compute")}
+            times["central"] = first_time(central["curve"], target, "elapsed_s")
+            for k, v in times.items():
+                if v is not None:
+                    timing[k].append(v)
+        f_mean, f_spread = mean_spread(finals)
+        entry: dict[str, Any] = {
+            "dataset": dataset,
+            "setup": row.label,
+            "row": row.model_dump(),
+            "n": len(reps),
+            "target_epsilon": row.epsilon,
+            "epsilon_spent": mean_spread(eps)[0] if row.dp != "none" else math.inf,
+            "delta": row.delta,
+            "R@1_start": mean_spread(starts),
+            "R@1_final": (f_mean, f_spread),
+            "R@1_last_round": mean_spread(lasts),
+            "MRR@10_final": mean_spread(mrrs),
+            "delta_vs_centralized": None if f_mean is None else f_mean - central_final,
+            "delta_vs_fl_nodp": None if f_mean is None or nodp_final is None else f_mean - nodp_final,
+            "time_wall_s": mean_spread(timing["wall"])[0],
+            "time_parallel_s": mean_spread(timing["parallel"])[0],
+            "time_compute_s": mean_spread(timing["compute"])[0],
+            "time_centralized_s": mean_spread(timing["central"])[0],
+        }
+        for k in ("wall", "parallel", "compute"):
+            t, c = entry[f"time_{k}_s"], entry["time_centralized_s"]
+            entry[f"speedup_{k}"] = (c / t) if (t and c) else None
+        table.append(entry)
+    return table
+
+
+def print_table(central: dict[str, dict], rows: list[dict]) -> None:
+    for dataset, curve in central.items():
+        c = curve["curve"]
+        print(
+            f"centralised fit on {dataset}: R@1 {c[0]['R@1']:.3f} → {c[-1]['R@1']:.3f} (best "
+            f"{max(p['R@1'] for p in c):.3f}) in {curve['epochs']} epochs, {c[-1]['elapsed_s']:.1f} s training"
+        )
+    print(
+        "\n| data | setup | n | ε (δ) | R@1 start | R@1 final (kept) | R@1 last round | MRR@10 | Δ vs central "
+        "| Δ vs FL no-DP | (a) wall s | (b) parallel s | (c) compute s | central s | speed-up a / b / c |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        n = r["n"]
+        eps = "∞" if math.isinf(r["epsilon_spent"]) else f"{r['epsilon_spent']:.2f} ({r['delta']:g})"
+        speed = " / ".join(fmt(r[f"speedup_{k}"], 2) for k in ("wall", "parallel", "compute"))
+        print(
+            f"| {r['dataset']} | {r['setup']} | {n} | {eps} | {pm(*r['R@1_start'], n)} | {pm(*r['R@1_final'], n)} "
+            f"| {pm(*r['R@1_last_round'], n)} | {pm(*r['MRR@10_final'], n)} | {fmt(r['delta_vs_centralized'])} "
+            f"| {fmt(r['delta_vs_fl_nodp'])} | {fmt(r['time_wall_s'], 1)} | {fmt(r['time_parallel_s'], 1)} "
+            f"| {fmt(r['time_compute_s'], 1)} | {fmt(r['time_centralized_s'], 1)} | {speed} |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--dataset",
-        default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "python-faq"),
-        help="BEIR folder (default: shared/data/python-faq beside the repo)",
-    )
+    parser.add_argument("--dataset", default=str(SHARED / "python-faq"), help="BEIR folder")
+    parser.add_argument("--dataset-name", default="python-faq")
     parser.add_argument("--encoder", default="", help="empty: the packaged all-MiniLM-L6-v2")
-    parser.add_argument("--grid", choices=sorted(GRIDS), default="quick")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="small")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-query-length", type=int, default=24)
     parser.add_argument("--pseudo-queries", type=int, default=1)
-    parser.add_argument("--target-gap", type=float, default=0.02, help="target = centralised best R@1 - gap")
-    parser.add_argument("--alt-target", type=float, default=0.90, help="a second, absolute R@1 target")
-    parser.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
-    parser.add_argument("--from-json", default=None, help="re-print the table of an earlier results file")
+    parser.add_argument("--repeats", type=int, default=0, help="override every row's repeats (0: the grid's)")
+    parser.add_argument(
+        "--runs-only", action="store_true", help="no centralised curve, no table: FL runs only (merge them later)"
+    )
+    parser.add_argument("--out", default=None, help="results JSON (default: results-<grid>.json beside this script)")
+    parser.add_argument(
+        "--from-json", nargs="+", default=None, help="re-print (and merge) earlier results files of one dataset"
+    )
     args = parser.parse_args(argv)
     if args.from_json:
-        previous = json.loads(Path(args.from_json).read_text())
-        report(previous["runs"], args, previous.get("total_s"), out=None)
+        files = [json.loads(Path(f).read_text()) for f in args.from_json]
+        central = files[0]["centralized"]
+        grouped: dict[str, tuple[Row, list[dict]]] = {}
+        for f in files:  # the same row in several files: one row, all its repeats
+            for r in f["runs"]:
+                grouped.setdefault(r["row"]["label"], (Row(**r["row"]), []))[1].extend(r["runs"])
+        merged = list(grouped.values())
+        name = next(iter(central))
+        rows = summarise(name, central[name], merged)
+        print_table(central, rows)
+        if args.out:
+            write_json(Path(args.out), {"merged_from": args.from_json, "centralized": central, "rows": rows})
         return 0
     logging.basicConfig(level=logging.WARNING)
-    base = dict(
+    started, load_before = time.perf_counter(), os.getloadavg()
+    base: dict[str, Any] = dict(
         dataset=args.dataset,
         encoder=args.encoder,
         rounds=args.rounds,
-        batch_size=args.batch_size,
         max_query_length=args.max_query_length,
         pseudo_queries_per_document=args.pseudo_queries,
         mode="adapter+head",
         centralized=False,
         extra_run_config={"federated-evaluation": False},
     )
-    started = time.perf_counter()
-    results: list[dict] = []
-    epsilons = sorted({e for _, _, e in GRIDS[args.grid]}, reverse=True)
-    for eps in epsilons if args.grid == "full" else [math.inf, 8.0]:
-        results.append(centralized_curve(LocalRunSpec(clients=1, target_epsilon=eps, **base), eps))
-        print(f"centralized ε={eps}: {results[-1]['curve'][-1]}", file=sys.stderr, flush=True)
-    for clients, iid, eps in GRIDS[args.grid]:
-        spec = LocalRunSpec(
-            clients=clients, iid=iid, target_epsilon=eps, dp="client" if math.isfinite(eps) else "none", **base
-        )
-        results.append(federated_curve(spec))
-        print(
-            f"FL {clients} {'IID' if iid else 'non-IID'} ε={eps}: {results[-1]['curve'][-1]}",
-            file=sys.stderr,
-            flush=True,
-        )
+    out = Path(args.out or Path(__file__).with_name(f"results-{args.grid}.json"))
+    runs: list[tuple[Row, list[dict]]] = []
+    failures: list[dict] = []
 
-    report(results, args, round(time.perf_counter() - started, 1), out=Path(args.out))
+    def save(**extra: Any) -> dict:
+        payload = {
+            "args": vars(args),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": "2 CPU cores shared with other developers' jobs (load average recorded), no GPU",
+            "load_average_before": load_before,
+            "load_average_after": os.getloadavg(),
+            "runs": [{"row": row.model_dump(), "runs": reps} for row, reps in runs],
+            "failures": failures,
+            "total_s": round(time.perf_counter() - started, 1),
+            **extra,
+        }
+        write_json(out, payload)  # after every run: an interrupted grid keeps what it measured
+        return payload
+
+    central: dict | None = None
+    if not args.runs_only:
+        central = centralized_curve(LocalRunSpec(clients=1, target_epsilon=math.inf, **base))
+        print(f"centralized: {central['curve'][-1]}", file=sys.stderr, flush=True)
+    for row in GRIDS[args.grid]:
+        reps: list[dict] = []
+        runs.append((row, reps))
+        for _ in range(args.repeats or row.repeats):
+            extra = dict(base["extra_run_config"], **{"target-delta": row.delta})
+            spec = LocalRunSpec(
+                clients=row.clients,
+                target_epsilon=row.epsilon,
+                dp=row.dp,
+                local_parts=row.local_parts,
+                warm_start=row.warm_start,
+                batch_size=row.batch_size,
+                max_grad_norm=row.max_grad_norm,
+                local_epochs=row.local_epochs,
+                head_learning_rate=row.head_learning_rate,
+                clients_per_round=row.clients_per_round,
+                **{**base, "extra_run_config": extra},
+            )
+            try:
+                reps.append(federated_run(spec, row.engine))
+            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+                failures.append({"row": row.label, "error": repr(exc)})
+                print(f"{row.label}: FAILED {exc!r}", file=sys.stderr, flush=True)
+                continue
+            print(f"{row.label}: {reps[-1]['summary']['final']} ε={reps[-1]['summary']['epsilon']}", file=sys.stderr)
+            save(centralized={args.dataset_name: central} if central else None)
+        if not reps:
+            runs.pop()
+    if central is None:
+        save()
+        return 0
+    rows = summarise(args.dataset_name, central, runs)
+    payload = save(centralized={args.dataset_name: central}, rows=rows)
+    print_table(payload["centralized"], rows)
+    print(f"\ntotal {payload['total_s']} s; load average {load_before} → {payload['load_average_after']}")
     return 0
-
-
-def _num(value):
-    return math.inf if value == "inf" else value
-
-
-def report(results: list[dict], args: argparse.Namespace, total_s: float | None, out: Path | None) -> None:
-    for r in results:
-        r["epsilon"], r["target_epsilon"] = _num(r["epsilon"]), _num(r["target_epsilon"])
-    central = next(r for r in results if r["kind"] == "centralized" and math.isinf(r["target_epsilon"]))
-    central_final = central["curve"][-1]["R@1"]
-    target = max(p["R@1"] for p in central["curve"]) - args.target_gap
-    central_time = time_to(central["curve"], target)
-    central_alt = time_to(central["curve"], args.alt_target)
-    rows = []
-    for r in results:
-        final = r["curve"][-1]
-        t = time_to(r["curve"], target)
-        name = (
-            "centralized"
-            if r["kind"] == "centralized"
-            else f"FL {r['clients']} clients {'IID' if r['iid'] else 'non-IID'}"
-        )
-        rows.append(
-            {
-                "setup": name,
-                "target_epsilon": r["target_epsilon"],
-                "epsilon_spent": r["epsilon"],
-                "initial_R@1": r["curve"][0]["R@1"],
-                "final_R@1": final["R@1"],
-                "final_MRR@10": final["MRR@10"],
-                "delta_R@1_vs_centralized": final["R@1"] - central_final,
-                "time_to_target_s": t,
-                "speedup_vs_centralized": (central_time / t) if (t and central_time) else None,
-                "time_to_alt_target_s": time_to(r["curve"], args.alt_target),
-                "speedup_alt_target": (central_alt / ta)
-                if ((ta := time_to(r["curve"], args.alt_target)) and central_alt)
-                else None,
-                "wall_s": r.get("wall_s"),
-            }
-        )
-    payload = {
-        "args": vars(args),
-        "target_R@1": target,
-        "alt_target_R@1": args.alt_target,
-        "centralized_final_R@1": central_final,
-        "rows": rows,
-        "runs": results,
-        "total_s": total_s,
-    }
-    if out is not None:
-        write_json(out, payload)
-    print(
-        "| setup | ε target | ε spent | R@1 start | R@1 final | MRR@10 final | ΔR@1 vs central "
-        f"| time to R@1≥{target:.3f} (s) | speed-up | time to R@1≥{args.alt_target:.2f} (s) | speed-up | run wall (s) |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['setup']} | {fmt(row['target_epsilon'], 0)} | {fmt(row['epsilon_spent'], 2)} "
-            f"| {fmt(row['initial_R@1'])} | "
-            f"{fmt(row['final_R@1'])} | {fmt(row['final_MRR@10'])} | {fmt(row['delta_R@1_vs_centralized'])} | "
-            f"{fmt(row['time_to_target_s'], 1)} | {fmt(row['speedup_vs_centralized'], 2)} | "
-            f"{fmt(row['time_to_alt_target_s'], 1)} | {fmt(row['speedup_alt_target'], 2)} | {fmt(row['wall_s'], 0)} |"
-        )
-    print(f"\ntarget R@1 = {target:.3f} (centralized best − {args.target_gap}); total {total_s} s")
 
 
 if __name__ == "__main__":

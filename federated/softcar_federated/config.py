@@ -18,7 +18,7 @@ from softcar import TrainConfig
 
 Mode = Literal["adapter", "adapter+head"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
-DPMode = Literal["client", "server", "none"]
+DPMode = Literal["client", "client-level", "server", "none"]
 
 
 def _kebab_to_snake(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,7 +52,11 @@ class FedConfig(BaseModel):
     pseudo_queries_per_document: int = Field(4, ge=0)
 
     # Differential privacy
-    dp: DPMode = Field("client", description="client: Opacus DP-SGD; server: central DP wrapper; none.")
+    dp: DPMode = Field(
+        "client",
+        description="client: Opacus DP-SGD (example-level); client-level: DP-FedAvg (clipped updates, "
+        "server noise); server: central DP wrapper; none.",
+    )
     target_epsilon: float = Field(8.0, gt=0, description="Per-client budget; inf disables noise.")
     target_delta: float = Field(1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0, description="Per-sample clipping norm of DP-SGD.")
@@ -60,6 +64,20 @@ class FedConfig(BaseModel):
     central_noise_multiplier: float = Field(1.0, ge=0)
     central_clipping_norm: float = Field(0.5, gt=0)
     central_num_sampled_clients: int = Field(0, ge=0, description="0: min-train-nodes.")
+
+    # Client-level DP (DP-FedAvg), what local training updates, warm start
+    population: int = Field(
+        0, ge=0, description="client-level DP: clients in the federation (N, for the sample rate m/N and δ ≤ 1/N)."
+    )
+    clients_per_round: int = Field(
+        0, ge=0, description="client-level DP: clients sampled per round (m); rounds with fewer are not released."
+    )
+    local_parts: Literal["adapter+head", "head"] = Field(
+        "adapter+head", description="What local training updates; 'head' freezes the adapter (fewer DP'd parameters)."
+    )
+    warm_start: bool = Field(
+        False, description="Server pre-trains on its public documents' pseudo-queries (no user questions) first."
+    )
 
     # Data and model
     encoder: str = Field("", description="Base SLM folder; empty: the packaged all-MiniLM-L6-v2.")
@@ -74,6 +92,8 @@ class FedConfig(BaseModel):
     def _check(self) -> FedConfig:
         if self.dp == "client" and math.isinf(self.target_epsilon) and self.noise_multiplier > 0:
             raise ValueError("noise-multiplier > 0 contradicts target-epsilon = inf")
+        if self.dp == "client-level" and (self.population == 0 or self.clients_per_round == 0):
+            raise ValueError("dp='client-level' needs population and clients-per-round (both > 0)")
         return self
 
     @property
@@ -91,6 +111,7 @@ class FedConfig(BaseModel):
             head_learning_rate=self.head_learning_rate,
             pseudo_queries_per_document=self.pseudo_queries_per_document,
             seed=self.seed if seed is None else seed,
+            train_adapter=self.local_parts == "adapter+head",
             show_progress=False,
         )
 

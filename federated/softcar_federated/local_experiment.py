@@ -3,23 +3,38 @@ split across them, an optional SuperNode crash, and a comparison with centralise
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
 from softcar import ClassifierRetriever, TrainConfig
 from softcar_federated import partitions
 from softcar_federated.local_training import DPParams, train_round
 from softcar_federated.privacy import planned_noise
-from softcar_federated.supervisor import LaunchError, LocalFederation, read_rounds, wait_for
+from softcar_federated.supervisor import (
+    LaunchError,
+    LocalFederation,
+    config_string,
+    flower_executable,
+    is_alive,
+    read_rounds,
+    wait_for,
+)
 
 logger = logging.getLogger(__name__)
 
 KEY_METRICS = ("R@1", "MRR@10")
+TIMING_KEYS = ("train-s-max", "train-s-sum", "handler-s-max", "handler-s-sum")
+"""Per-round client compute (seconds) the server aggregates from the clients' metrics."""
 
 
 class LocalRunSpec(BaseModel):
@@ -45,6 +60,9 @@ class LocalRunSpec(BaseModel):
     learning_rate: float = 2e-4
     head_learning_rate: float = 2e-3
     max_grad_norm: float = 1.0
+    local_parts: str = "adapter+head"
+    warm_start: bool = False
+    clients_per_round: int = Field(0, ge=0, description="dp='client-level': clients sampled per round; 0: all.")
     round_timeout: float = 300.0
     timeout: float = 1800.0
     centralized: bool = True
@@ -69,10 +87,17 @@ class LocalRunSpec(BaseModel):
             "learning-rate": self.learning_rate,
             "head-learning-rate": self.head_learning_rate,
             "max-grad-norm": self.max_grad_norm,
+            "local-parts": self.local_parts,
+            "warm-start": self.warm_start,
             "min-train-nodes": min_nodes,
             "min-available-nodes": min_nodes,
             "round-timeout": self.round_timeout,
             "output-dir": str(output_dir),
+            **(
+                {"population": self.clients, "clients-per-round": self.clients_per_round or self.clients}
+                if self.dp == "client-level"
+                else {}
+            ),
             **self.extra_run_config,
         }
 
@@ -138,6 +163,58 @@ def centralized_baseline(spec: LocalRunSpec, epsilon: float = math.inf) -> dict[
     }
 
 
+def _server_summary(output_dir: Path) -> dict[str, Any]:
+    return dict(json.loads((output_dir / "server" / "summary.json").read_text(encoding="utf-8")))
+
+
+def _summary(
+    spec: LocalRunSpec, rounds: list[dict], server_summary: dict[str, Any], killed: dict[str, Any] | None, wall_s: float
+) -> dict[str, Any]:
+    """The JSON summary of a finished run, from the server's round log and summary."""
+    first, last = rounds[0], rounds[-1]
+    if killed is not None and killed["restarted"]:
+        back = [
+            r["round"] for r in rounds if r["round"] > killed["round"] and len(r.get("accepted", [])) == spec.clients
+        ]
+        killed["rejoined_at_round"] = back[0] if back else None
+    epsilon = last.get("epsilon")
+    summary: dict[str, Any] = {
+        "rounds_completed": sum(1 for r in rounds if r["round"] > 0),
+        "clients": spec.clients,
+        "mode": spec.mode,
+        "iid": spec.iid,
+        "dp": spec.dp,
+        "target_epsilon": spec.target_epsilon,
+        "epsilon": float(epsilon) if isinstance(epsilon, (int, float)) else (math.inf if epsilon == "inf" else epsilon),
+        "delta": last.get("delta"),
+        "initial": _pick(first.get("server_eval")),
+        # the federation's output: the best global model the server kept (by its held-out evaluation)
+        "final": _pick((server_summary.get("best") or {}).get("server_eval") or last.get("server_eval")),
+        "final_round": (server_summary.get("best") or {}).get("round"),
+        "last_round": _pick(last.get("server_eval")),
+        "warm_start_s": server_summary.get("warm_start_s"),
+        "final_federated_eval": _pick(last.get("federated_eval")),
+        "per_round": [
+            {
+                "round": r["round"],
+                "elapsed_s": r["elapsed_s"],
+                **(_pick(r.get("server_eval")) or {}),
+                "epsilon": r.get("epsilon"),
+                "accepted": len(r.get("accepted", [])),
+                "failed": len(r.get("failed", [])),
+                "rejected": len(r.get("rejected", [])),
+                "not_released": r.get("not_released"),
+                "train_phase_s": r.get("train_phase_s"),
+                **{k: (r.get("train") or {}).get(k) for k in TIMING_KEYS},
+            }
+            for r in rounds
+        ],
+        "killed": killed,
+        "wall_s": round(wall_s, 2),
+    }
+    return summary
+
+
 def run_local(spec: LocalRunSpec) -> dict[str, Any]:
     """Start everything, run, optionally crash and restart one SuperNode, stop everything."""
     started = time.perf_counter()
@@ -173,41 +250,64 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         # `flwr run --stream` returns when the run ends; the ServerApp writes its summary last.
         wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
         rounds = read_rounds(output_dir)
+        server_summary = _server_summary(output_dir)
         fl_wall = time.perf_counter() - started
-    first, last = rounds[0], rounds[-1]
-    if killed is not None and killed["restarted"]:
-        back = [
-            r["round"] for r in rounds if r["round"] > killed["round"] and len(r.get("accepted", [])) == spec.clients
-        ]
-        killed["rejoined_at_round"] = back[0] if back else None
-    epsilon = last.get("epsilon")
-    summary: dict[str, Any] = {
-        "rounds_completed": sum(1 for r in rounds if r["round"] > 0),
-        "clients": spec.clients,
-        "mode": spec.mode,
-        "iid": spec.iid,
-        "dp": spec.dp,
-        "target_epsilon": spec.target_epsilon,
-        "epsilon": float(epsilon) if isinstance(epsilon, (int, float)) else (math.inf if epsilon == "inf" else epsilon),
-        "delta": last.get("delta"),
-        "initial": _pick(first.get("server_eval")),
-        "final": _pick(last.get("server_eval")),
-        "final_federated_eval": _pick(last.get("federated_eval")),
-        "per_round": [
-            {
-                "round": r["round"],
-                "elapsed_s": r["elapsed_s"],
-                **(_pick(r.get("server_eval")) or {}),
-                "epsilon": r.get("epsilon"),
-                "accepted": len(r.get("accepted", [])),
-                "failed": len(r.get("failed", [])),
-                "rejected": len(r.get("rejected", [])),
-            }
-            for r in rounds
-        ],
-        "killed": killed,
-        "wall_s": round(fl_wall, 2),
-    }
+    summary = _summary(spec, rounds, server_summary, killed, fl_wall)
     if spec.centralized:
         summary["centralized"] = centralized_baseline(spec)
     return summary
+
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _processes_mentioning(folder: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        try:
+            text = " ".join(process.info["cmdline"] or []) + " " + (process.info["cwd"] or "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if str(folder) in text and process.pid != os.getpid():
+            found.append(process)
+    return found
+
+
+def run_simulation(spec: LocalRunSpec) -> dict[str, Any]:
+    """The same app on Flower's simulation engine (``flwr run federated local-sim``) with
+    ``spec.clients`` virtual SuperNodes: many clients on one machine (client-level DP needs
+    16-64). A private ``FLWR_HOME`` identifies the managed SuperLink that ``flwr run`` leaves
+    behind; it and everything else started under it are stopped before returning."""
+    started = time.perf_counter()
+    work = Path(spec.work_dir) if spec.work_dir else Path(tempfile.mkdtemp(prefix="softcar-sim-"))
+    home = work / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text((APP_DIR / "flwr-home" / "config.toml").read_text(encoding="utf-8"))
+    output_dir = work / "output"
+    run_config = spec.run_config(output_dir)
+    run_config["min-train-nodes"] = run_config["min-available-nodes"] = spec.clients_per_round or spec.clients
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        HF_HUB_OFFLINE="1",
+        PATH=f"{Path(flower_executable('flwr')).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
+    command = [flower_executable("flwr"), "run", str(APP_DIR), "local-sim", "--stream"]
+    command += ["--federation-config", f"num-supernodes={spec.clients}", "--run-config", config_string(run_config)]
+    log_path = work / "flwr-run.log"
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=spec.timeout)
+        if result.returncode != 0:
+            raise LaunchError(f"flwr run (simulation) failed ({result.returncode}); log: {log_path}")
+        wait_for(lambda: (output_dir / "server" / "summary.json").is_file(), 60, what="server summary")
+    finally:
+        for process in _processes_mentioning(home):
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        wait_for(lambda: not any(is_alive(p.pid) for p in _processes_mentioning(home)), 30, what="simulation exit")
+    rounds = read_rounds(output_dir)
+    return _summary(spec, rounds, _server_summary(output_dir), None, time.perf_counter() - started)

@@ -89,3 +89,12 @@ def train_round(
     new_ledger = private.ledger(ledger) if private is not None else ledger
     mean_loss = sum(result.epoch_losses) / max(len(result.epoch_losses), 1)
     return RoundResult(loss=mean_loss, steps=result.steps, sample_rate=sample_rate, examples=len(examples)), new_ledger
+
+
+def warm_start(retriever: ClassifierRetriever, config: TrainConfig, epochs: int) -> RoundResult:
+    """Non-private pre-training on what is public in the threat model: the documents' own text
+    and pseudo-queries drawn from it, never a user's question (the server holds no feedback)."""
+    examples = retriever.training_examples([])
+    result, _ = train_round(retriever, examples, config, epochs=epochs)
+    logger.info("warm start: %d document-only examples, %d epochs, loss %.4f", len(examples), epochs, result.loss)
+    return result

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from flwr.app import Context, Message, MessageType
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -29,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from softcar import ClassifierHead, Trainer, TrainerCallback, TrainingSetup, write_json
+from softcar.errors import SoftcarError
 
 History = list[tuple[float, float, int]]
 
@@ -177,3 +182,99 @@ class AccountEmptyBatches(TrainerCallback):
         self.private.engine.accountant.step(
             noise_multiplier=self.noise_multiplier, sample_rate=self.private.sample_rate
         )
+
+
+# ---------------------------------------------------------------- client-level DP (DP-FedAvg)
+
+
+class ClientLevelDPError(SoftcarError, ValueError):
+    """A client-level DP setting that cannot deliver the ε it promises (refused at start)."""
+
+
+@dataclass(frozen=True)
+class ClientLevelPlan:
+    """The DP-FedAvg mechanism of a run: each round samples ``clients_per_round`` of
+    ``population`` clients, clips each client's *update* to ``clipping_norm`` (Flower's
+    ``fixedclipping_mod``) and adds Gaussian noise of std ``σ·C/m`` to their mean
+    (``DifferentialPrivacyClientSideFixedClipping``). One client = one deployment: the guarantee
+    covers everything a deployment contributes, not one example."""
+
+    noise_multiplier: float
+    clipping_norm: float
+    clients_per_round: int
+    population: int
+    rounds: int
+    delta: float
+    epsilon: float
+
+    @property
+    def sample_rate(self) -> float:
+        return self.clients_per_round / self.population
+
+    @property
+    def relative_noise(self) -> float:
+        """Noise std on the averaged update per coordinate, in units of the clipping norm (σ/m)."""
+        return self.noise_multiplier / self.clients_per_round
+
+
+def client_level_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` on training messages that carry a clipping norm (sent by
+    ``DifferentialPrivacyClientSideFixedClipping``), a pass-through otherwise, so one ClientApp
+    serves every ``dp`` mode: the update (reply − global) is clipped before it leaves the node."""
+    if msg.metadata.message_type == MessageType.TRAIN and any(
+        KEY_CLIPPING_NORM in record for record in msg.content.config_records.values()
+    ):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def plan_client_level(
+    *,
+    target_epsilon: float,
+    delta: float,
+    population: int,
+    clients_per_round: int,
+    rounds: int,
+    clipping_norm: float,
+    noise_multiplier: float = 0.0,
+) -> ClientLevelPlan:
+    """Check a DP-FedAvg setting and return its mechanism; raise :class:`ClientLevelDPError`
+    naming the problem when the promised (ε, δ) cannot hold.
+
+    ε is Opacus' RDP accountant over ``rounds`` Poisson-subsampled Gaussian releases at sample
+    rate ``clients_per_round / population`` (the server samples exactly m clients per round,
+    uniformly; the Poisson analysis is the standard approximation, as in McMahan et al. 2018).
+    ``noise_multiplier`` 0 calibrates σ to spend ``target_epsilon`` over all rounds.
+    """
+    if math.isinf(target_epsilon):
+        raise ClientLevelDPError("client-level DP needs a finite target-epsilon (use dp='none' for no DP)")
+    if population < 1:
+        raise ClientLevelDPError("client-level DP needs population >= 1: the number of clients in the federation")
+    if not 1 <= clients_per_round <= population:
+        raise ClientLevelDPError(
+            f"clients-per-round {clients_per_round} is not between 1 and population {population}: the "
+            "noise is scaled for that many clients per round, so fewer would not give the promised ε"
+        )
+    if delta > 1.0 / population:
+        raise ClientLevelDPError(
+            f"target-delta {delta:g} > 1/population = {1.0 / population:g}: with {population} clients a "
+            "δ this large allows releasing one client's data outright; lower target-delta"
+        )
+    q = clients_per_round / population
+    sigma = noise_multiplier or calibrate_noise(target_epsilon, delta, q, rounds)
+    epsilon = epsilon_of([(sigma, q, rounds)], delta)
+    if epsilon > target_epsilon * 1.0001:
+        raise ClientLevelDPError(
+            f"noise-multiplier {sigma:g} with {clients_per_round} of {population} clients per round over {rounds} "
+            f"rounds spends ε = {epsilon:.3g} > target-epsilon {target_epsilon:g}; raise the noise multiplier "
+            "(0 calibrates it), sample fewer clients per round, or run fewer rounds"
+        )
+    return ClientLevelPlan(
+        noise_multiplier=sigma,
+        clipping_norm=clipping_norm,
+        clients_per_round=clients_per_round,
+        population=population,
+        rounds=rounds,
+        delta=delta,
+        epsilon=epsilon,
+    )

@@ -21,8 +21,9 @@ from softcar import ClassifierRetriever, Document, atomic_directory, write_json,
 from softcar_federated import partitions
 from softcar_federated.config import FedConfig
 from softcar_federated.deployment import dataset_split, default_output_dir
+from softcar_federated.local_training import warm_start
 from softcar_federated.roundlog import plot_rounds
-from softcar_federated.strategy import GuardedStrategy, build_strategy, central_epsilon
+from softcar_federated.strategy import ClientLevelDP, GuardedStrategy, build_strategy, central_epsilon
 from softcar_federated.validation import spec_of
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,13 @@ class GlobalModel:
             pseudo_queries=config.pseudo_queries_per_document,
             seed=config.seed,
         )
+        self.warm_start_s: float | None = None
+        if config.warm_start and self.split is not None:
+            began = time.perf_counter()
+            warm_start(self.retriever, config.train_config(), config.local_epochs)
+            self.warm_start_s = time.perf_counter() - began
         self.rounds: list[dict] = []
+        self.best: dict | None = None
         self.started = time.perf_counter()
 
     def initial_arrays(self) -> ArrayRecord:
@@ -72,7 +79,13 @@ class GlobalModel:
         if self.split is not None:
             self.retriever.save(round_dir)
             self.retriever.save(self.output_dir / "global" / "latest")
-            return partitions.quality(self.retriever, self.split.heldout)
+            scores = partitions.quality(self.retriever, self.split.heldout)
+            if self.best is None or scores["R@1"] > self.best["server_eval"]["R@1"]:
+                # A noisy (DP) round can lower quality: the server keeps the best global model
+                # by its own held-out evaluation, so the federation never ends below its start.
+                self.retriever.save(self.output_dir / "global" / "best")
+                self.best = {"round": server_round, "server_eval": scores}
+            return scores
         # No corpus on the server: keep the adapter tensors alone (still safetensors, still atomic).
         with atomic_directory(round_dir) as tmp:
             write_tensors(tmp / "adapter.safetensors", self.retriever.trainable_state_dict(parts=("adapter",)))
@@ -127,6 +140,8 @@ def main(grid: Grid, context: Context) -> None:
             releases += 1
         if config.dp == "server":
             last_epsilon = central_epsilon(config, releases)
+        elif isinstance(strategy.strategy, ClientLevelDP):
+            last_epsilon = strategy.strategy.epsilon()
         elif config.client_dp_enabled and train and "epsilon" in train:
             last_epsilon = max(last_epsilon, float(train["epsilon"]))
         entry = {
@@ -136,6 +151,10 @@ def main(grid: Grid, context: Context) -> None:
             "rejected": audit.rejected if audit else [],
             "abstained": audit.abstained if audit else [],
             "failed": audit.failed if audit else [],
+            "not_released": strategy.strategy.skipped.get(server_round)
+            if isinstance(strategy.strategy, ClientLevelDP)
+            else None,
+            "train_phase_s": audit.train_phase_s if audit else None,
             "train": train,
             "federated_eval": _metric_dict(eval_metrics.get(server_round)),
             "server_eval": scores,
@@ -173,6 +192,8 @@ def main(grid: Grid, context: Context) -> None:
                 "server_eval": model.rounds[-1]["server_eval"] if model.rounds else None,
                 "federated_eval": model.rounds[-1]["federated_eval"] if model.rounds else None,
             },
+            "best": model.best,
+            "warm_start_s": model.warm_start_s,
             "elapsed_s": round(time.perf_counter() - model.started, 3),
         },
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
@@ -20,7 +22,7 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from softcar_federated.config import FedConfig
-from softcar_federated.privacy import epsilon_of
+from softcar_federated.privacy import ClientLevelDPError, ClientLevelPlan, epsilon_of, plan_client_level
 from softcar_federated.validation import MalformedUpdateError, Spec, is_abstention, validate_reply
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,12 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
         metrics["epsilon"] = max(epsilons)
         metrics["epsilon-min"] = min(epsilons)
     metrics["clients"] = len(records)
+    # Time to quality: the slowest client bounds a parallel round; the sum is what one machine ran.
+    for key in ("train-s", "handler-s"):
+        values = [float(next(iter(r.metric_records.values())).get(key, 0.0)) for r in records]  # type: ignore[arg-type]
+        if values:
+            metrics[f"{key}-max"] = max(values)
+            metrics[f"{key}-sum"] = sum(values)
     return metrics
 
 
@@ -49,6 +57,8 @@ class RoundAudit:
     rejected: list[dict] = field(default_factory=list)
     abstained: list[int] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
+    train_phase_s: float | None = None
+    """Seconds from sending the round's training messages to having all replies (server clock)."""
 
 
 class GuardedStrategy(Strategy):
@@ -63,6 +73,7 @@ class GuardedStrategy(Strategy):
         self.spec = dict(spec)
         self.weight_key = weight_key
         self.audits: dict[int, RoundAudit] = {}
+        self._sent: dict[int, float] = {}
 
     def summary(self) -> None:
         logger.info("guarded strategy: %d tensors validated per update", len(self.spec))
@@ -71,12 +82,15 @@ class GuardedStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._sent[server_round] = time.perf_counter()
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         audit = self.audits.setdefault(server_round, RoundAudit())
+        if server_round in self._sent:
+            audit.train_phase_s = time.perf_counter() - self._sent[server_round]
         kept: list[Message] = []
         for reply in replies:
             node = int(reply.metadata.src_node_id)
@@ -119,16 +133,101 @@ class GuardedStrategy(Strategy):
         return self.strategy.aggregate_evaluate(server_round, ok)
 
 
+class ClientLevelDP(Strategy):
+    """DP-FedAvg around Flower's ``DifferentialPrivacyClientSideFixedClipping``: Flower clips
+    (client ``fixedclipping_mod``) and noises (σ·C/m on the mean); this wrapper keeps the
+    guarantee honest. A round with fewer than m valid updates is *not released* (the noise is
+    scaled for m; the mean of fewer would leak more), and each release is accounted at the
+    sample rate the round really had (m / connected nodes), so ε is exact even when nodes
+    are missing. Before a release would push ε past the target, rounds stop being released.
+    """
+
+    def __init__(self, strategy: DifferentialPrivacyClientSideFixedClipping, plan: ClientLevelPlan) -> None:
+        self.strategy = strategy
+        self.plan = plan
+        self.history: list[tuple[float, float, int]] = []
+        self.skipped: dict[int, str] = {}
+        self._rate: dict[int, float] = {}
+
+    def epsilon(self) -> float:
+        """Opacus RDP ε of every round released so far."""
+        return epsilon_of(self.history, self.plan.delta)
+
+    def summary(self) -> None:
+        logger.info(
+            "client-level DP: σ=%.3g, C=%.3g, %d of %d clients per round, planned ε=%.3g (δ=%g) over %d rounds",
+            self.plan.noise_multiplier,
+            self.plan.clipping_norm,
+            self.plan.clients_per_round,
+            self.plan.population,
+            self.plan.epsilon,
+            self.plan.delta,
+            self.plan.rounds,
+        )
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        connected = max(len(list(grid.get_node_ids())), self.plan.clients_per_round)
+        self._rate[server_round] = min(1.0, self.plan.clients_per_round / min(connected, self.plan.population))
+        future = [*self.history, (self.plan.noise_multiplier, self._rate[server_round], 1)]
+        if epsilon_of(future, self.plan.delta) > self.plan.epsilon * 1.0001 + 1e-9:
+            self.skipped[server_round] = "privacy budget: one more release would exceed the planned ε"
+            logger.warning("round %d: not sampled, %s", server_round, self.skipped[server_round])
+            return []
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid = [r for r in replies if not r.has_error()]
+        if len(valid) < self.plan.clients_per_round:
+            self.skipped[server_round] = (
+                f"{len(valid)} valid updates < clients-per-round {self.plan.clients_per_round}: not released"
+            )
+            logger.warning("round %d: %s", server_round, self.skipped[server_round])
+            return None, None
+        arrays, metrics = self.strategy.aggregate_train(server_round, valid[: self.plan.clients_per_round])
+        if arrays is not None:
+            self.history.append((self.plan.noise_multiplier, self._rate.get(server_round, self.plan.sample_rate), 1))
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def client_level_plan(config: FedConfig) -> ClientLevelPlan:
+    """The run's DP-FedAvg mechanism, checked at start (raises ``ClientLevelDPError``)."""
+    return plan_client_level(
+        target_epsilon=config.target_epsilon,
+        delta=config.target_delta,
+        population=config.population,
+        clients_per_round=config.clients_per_round,
+        rounds=config.num_server_rounds,
+        clipping_norm=config.central_clipping_norm,
+        noise_multiplier=config.noise_multiplier,
+    )
+
+
 def build_strategy(config: FedConfig, spec: Spec) -> GuardedStrategy:
     """FedAvg (default), FedProx or FedAdam from Flower, optionally inside Flower's server-side
     fixed-clipping central-DP wrapper, all behind the update guard."""
-    weight_key = UNIFORM_WEIGHT_KEY if config.dp == "server" else WEIGHT_KEY
+    client_level = config.dp == "client-level"
+    plan = client_level_plan(config) if client_level else None  # refuses a bad setting first
+    weight_key = UNIFORM_WEIGHT_KEY if config.dp in ("server", "client-level") else WEIGHT_KEY
     common = dict(
-        fraction_train=config.fraction_train,
+        # client-level DP samples exactly m clients per round: int(n · 1e-9) = 0 < min-train-nodes = m
+        fraction_train=1e-9 if client_level else config.fraction_train,
         fraction_evaluate=1.0 if config.federated_evaluation else 0.0,
-        min_train_nodes=config.min_train_nodes,
+        min_train_nodes=config.clients_per_round if client_level else config.min_train_nodes,
         min_evaluate_nodes=config.min_train_nodes if config.federated_evaluation else 0,
-        min_available_nodes=config.min_available_nodes,
+        min_available_nodes=max(config.min_available_nodes, config.clients_per_round if client_level else 1),
         weighted_by_key=weight_key,
         train_metrics_aggr_fn=aggregate_train_metrics,
     )
@@ -148,6 +247,20 @@ def build_strategy(config: FedConfig, spec: Spec) -> GuardedStrategy:
             noise_multiplier=config.central_noise_multiplier,
             clipping_norm=config.central_clipping_norm,
             num_sampled_clients=sampled,
+        )
+    elif plan is not None:
+        if config.strategy != "fedavg":
+            raise ClientLevelDPError(
+                f"client-level DP is DP-FedAvg: strategy must be 'fedavg', not {config.strategy!r}"
+            )
+        inner = ClientLevelDP(
+            DifferentialPrivacyClientSideFixedClipping(
+                inner,
+                noise_multiplier=plan.noise_multiplier,
+                clipping_norm=plan.clipping_norm,
+                num_sampled_clients=plan.clients_per_round,
+            ),
+            plan,
         )
     return GuardedStrategy(inner, spec, weight_key)
 

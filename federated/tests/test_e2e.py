@@ -82,6 +82,8 @@ def test_cli_local_kill_and_rejoin(tiny_encoder, tiny_dataset, tmp_path):
     assert (server / "rounds.png").stat().st_size > 1000
     assert json.loads((server / "rounds.json").read_text())["rounds"][-1]["round"] == 2
     ClassifierRetriever.load(server / "global" / "latest")  # a valid softcar checkpoint
+    ClassifierRetriever.load(server / "global" / "best")  # the kept model: never below the start
+    assert summary["final"]["R@1"] >= summary["initial"]["R@1"] and summary["final_round"] in (0, 1, 2)
     time.sleep(1.0)
     assert _processes_in(work) == [], "processes left running"
     assert time.monotonic() - started < 480
