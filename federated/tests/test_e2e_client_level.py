@@ -126,3 +126,34 @@ def test_client_level_dp_on_the_simulation_engine(tiny_encoder, tiny_dataset, tm
     assert trained[-1]["epsilon"] <= 8.0 * 1.0001
     time.sleep(1.0)
     assert _processes_in(home) == [], "processes left running"
+
+
+def test_run_simulation_summary(tiny_encoder, tiny_dataset, tmp_path):
+    """``local_experiment.run_simulation`` (the benchmark's many-client engine): 4 virtual nodes,
+    client-level DP with 2 per round; it returns the summary and leaves no process behind."""
+    from softcar_federated.local_experiment import LocalRunSpec, run_simulation
+
+    spec = LocalRunSpec(
+        clients=4,
+        clients_per_round=2,
+        rounds=1,
+        dp="client-level",
+        target_epsilon=8.0,
+        dataset=str(tiny_dataset),
+        encoder=tiny_encoder,
+        iid=True,
+        batch_size=8,
+        max_query_length=16,
+        pseudo_queries_per_document=1,
+        centralized=False,
+        work_dir=str(tmp_path / "sim"),
+        timeout=500,
+        extra_run_config={"federated-evaluation": False, "target-delta": 0.01},
+    )
+    summary = run_simulation(spec)
+    assert summary["rounds_completed"] == 1
+    assert summary["per_round"][1]["accepted"] == 2 and summary["per_round"][1]["not_released"] is None
+    assert 0 < summary["epsilon"] <= 8.0 * 1.0001
+    assert summary["final"]["R@1"] >= summary["initial"]["R@1"]
+    time.sleep(1.0)
+    assert _processes_in(tmp_path / "sim" / "flwr-home") == [], "processes left running"
