@@ -61,6 +61,15 @@ class FedConfig(BaseModel):
     central_clipping_norm: float = Field(0.5, gt=0)
     central_num_sampled_clients: int = Field(0, ge=0, description="0: min-train-nodes.")
 
+    # Secure aggregation (Flower SecAgg+; checked at start by secure_aggregation.check_config)
+    secure_aggregation: bool = Field(False, description="SecAgg+: the server sees only the sum of updates.")
+    secagg_num_shares: int = Field(0, ge=0, description="Shares of each node's secrets; 0: every node of the round.")
+    secagg_reconstruction_threshold: int = Field(
+        2, ge=1, description="Shares needed to unmask; more than half the shares, at most min-train-nodes."
+    )
+    secagg_clipping_range: float = Field(8.0, gt=0, description="Update values must lie in ±this to be quantised.")
+    secagg_max_weight: float = Field(5000.0, gt=0, description="Largest num-examples a node may weigh in the sum.")
+
     # Data and model
     encoder: str = Field("", description="Base SLM folder; empty: the packaged all-MiniLM-L6-v2.")
     adapter: Literal["linear", "mlp"] = "linear"

@@ -1,0 +1,129 @@
+"""SecAgg+ (Flower's ``SecAggPlusWorkflow`` + ``secaggplus_mod``): refused at start when it cannot
+work, and run for real on a SuperLink with three SuperNodes, one of which drops out mid-round."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from softcar import ClassifierRetriever
+from softcar.errors import SoftcarError
+from softcar_federated.config import FedConfig
+from softcar_federated.secure_aggregation import SecureAggregationConfigError, check_config
+from softcar_federated.supervisor import LocalFederation, is_alive, read_rounds, wait_for
+
+
+def _config(**values: object) -> FedConfig:
+    return FedConfig.from_run_config({"secure-aggregation": True, "min-train-nodes": 3, **values})
+
+
+@pytest.mark.parametrize(
+    ("values", "names"),
+    [
+        ({"min-train-nodes": 1}, ["min-train-nodes=1"]),
+        ({"min-train-nodes": 2, "secagg-reconstruction-threshold": 3}, ["exceeds min-train-nodes=2"]),
+        ({"min-train-nodes": 5, "secagg-reconstruction-threshold": 2}, ["not a majority of the 5 shares"]),
+        ({"secagg-num-shares": 5, "secagg-reconstruction-threshold": 5}, ["must be below secagg-num-shares=5"]),
+        ({"secagg-num-shares": 2}, ["secagg-num-shares=2"]),
+        ({"secagg-reconstruction-threshold": 1}, ["secagg-reconstruction-threshold=1"]),
+        ({"dp": "server"}, ["dp='server'"]),
+    ],
+)
+def test_unworkable_settings_are_refused_with_a_typed_error(values, names):
+    with pytest.raises(SecureAggregationConfigError) as caught:
+        check_config(_config(**values))
+    assert isinstance(caught.value, SoftcarError) and isinstance(caught.value, ValueError)
+    for name in names:
+        assert name in str(caught.value)
+
+
+def test_workable_settings_pass_and_plain_runs_are_not_checked():
+    check_config(_config())  # 3 nodes, threshold 2 of 3 shares: one may drop out
+    check_config(_config(**{"min-train-nodes": 5, "secagg-reconstruction-threshold": 3}))
+    check_config(FedConfig.from_run_config({"dp": "server"}))  # no SecAgg+: nothing to refuse
+
+
+def test_cli_refuses_secagg_with_too_few_clients():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "softcar_federated.cli",
+            "local",
+            "--secagg",
+            "--clients",
+            "2",
+            "--kill-client-at-round",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "SecAgg+ cannot run" in result.stderr and "min-train-nodes=1" in result.stderr
+
+
+def test_clientapp_module_does_not_import_torch():
+    """Every SecAgg+ stage is a fresh ClientApp process in deployment: loading the app stays light."""
+    code = (
+        "import sys, softcar_federated.client_app; "
+        "print(sorted(m for m in ('torch', 'transformers', 'opacus') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_secagg_three_supernodes_one_drops_out(tiny_encoder, tiny_dataset, tmp_path):
+    """3 real SuperNodes, threshold 2: node 2 fails in round 1 after the key exchange (its masked
+    vector never arrives), the others' shares unmask the sum; in round 2 all three contribute."""
+    output = tmp_path / "out"
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        for i in range(3):
+            node = {"partition-id": i, "num-partitions": 3, "audit-log": str(tmp_path / f"audit-{i}")}
+            if i == 2:
+                node["crash-at-round"] = 1
+            fed.start_node(i, node)
+        run = fed.run(
+            {
+                "num-server-rounds": 2,
+                "secure-aggregation": True,
+                "secagg-reconstruction-threshold": 2,
+                "mode": "adapter+head",
+                "encoder": tiny_encoder,
+                "dataset": str(tiny_dataset),
+                "output-dir": str(output),
+                "min-train-nodes": 3,
+                "min-available-nodes": 3,
+                "batch-size": 8,
+                "max-query-length": 16,
+                "target-epsilon": 8.0,
+                "round-timeout": 180.0,
+            }
+        )
+        run.process.wait(timeout=600)
+        assert run.process.returncode == 0, fed.tail(run)
+        wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
+        pids = fed.all_pids()
+        rounds = read_rounds(output)
+    by_round = {r["round"]: r for r in rounds}
+    assert set(by_round) == {0, 1, 2}
+    assert len(by_round[1]["accepted"]) == 2 and len(by_round[1]["failed"]) >= 1  # dropout survived
+    assert len(by_round[2]["accepted"]) == 3
+    for r in (1, 2):
+        assert by_round[r]["secure_aggregation"] is True
+        assert 0 < by_round[r]["train"]["epsilon"] <= 8.0 + 1e-6  # ε still reported per node, in clear
+        assert by_round[r]["server_eval"]["R@1"] >= 0
+    assert 0 < by_round[2]["epsilon"] <= 8.0 + 1e-6
+    ClassifierRetriever.load(output / "server" / "global" / "latest")  # the unmasked aggregate is a model
+    # The masked training replies left the nodes: none carries the plain tensors.
+    stages = sorted(p.name.split("-")[1] for p in (tmp_path / "audit-0").glob("*.bin"))
+    assert stages.count("train") == 8  # 4 SecAgg+ stages x 2 rounds
+    time.sleep(1.0)
+    assert [p for p in pids if is_alive(p)] == []
