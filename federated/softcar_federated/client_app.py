@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LEDGER_STATE_KEY = "softcar-privacy-ledger"
+NOISE_PLAN_STATE_KEY = "softcar-noise-plan"
 
 # The audit log is outermost: it records replies after SecAgg+ has masked them.
 app = ClientApp(mods=[audit_log_mod, secure_aggregation.secure_aggregation_mod])
@@ -68,6 +69,25 @@ def _ledger(context: Context, deployment: LocalDeployment) -> PrivacyLedger:
         state = PrivacyLedger.from_flat(dict(context.state.config_records[LEDGER_STATE_KEY]))
         return state.merged(disk)
     return disk
+
+
+def _planned_noise(
+    context: Context, target_epsilon: float, delta: float, batches: int, epochs: int, rounds: int
+) -> tuple[float | None, float, int]:
+    """Opacus' noise calibration (a binary search over RDP: seconds per call), computed once per
+    node and kept in ``context.state``, which the SuperNode keeps across rounds and processes."""
+    from softcar_federated.privacy import planned_noise
+
+    key = f"{target_epsilon!r}|{delta!r}|{batches}|{epochs}|{rounds}"
+    memo = context.state.config_records.get(NOISE_PLAN_STATE_KEY)
+    if memo is not None and memo.get("key") == key:
+        return float(memo["sigma"]), float(memo["rate"]), int(memo["steps"])  # type: ignore[arg-type]
+    sigma, rate, steps = planned_noise(target_epsilon, delta, batches, epochs, rounds)
+    if sigma is not None:
+        context.state.config_records[NOISE_PLAN_STATE_KEY] = ConfigRecord(
+            {"key": key, "sigma": sigma, "rate": rate, "steps": steps}
+        )
+    return sigma, rate, steps
 
 
 def _store_ledger(context: Context, deployment: LocalDeployment, ledger: PrivacyLedger) -> None:
@@ -111,7 +131,7 @@ def train(msg: Message, context: Context) -> Message:
 def _train(msg: Message, context: Context, config: FedConfig, node: NodeConfig, started: float) -> Message:
     from softcar_federated.deployment import open_deployment
     from softcar_federated.local_training import DPParams, train_round
-    from softcar_federated.privacy import planned_noise, would_exceed
+    from softcar_federated.privacy import would_exceed
     from softcar_federated.validation import spec_of, validate_arrays
 
     legacy = secure_aggregation.is_legacy(msg)  # SecAgg+'s training stage
@@ -135,8 +155,8 @@ def _train(msg: Message, context: Context, config: FedConfig, node: NodeConfig, 
     dp: DPParams | None = None
     if config.client_dp_enabled:
         batches = math.ceil(len(examples) / train_config.batch_size)  # the training loader's length
-        planned_sigma, rate, steps = planned_noise(
-            config.target_epsilon, delta, batches, config.local_epochs, config.num_server_rounds
+        planned_sigma, rate, steps = _planned_noise(
+            context, config.target_epsilon, delta, batches, config.local_epochs, config.num_server_rounds
         )
         sigma = config.noise_multiplier or planned_sigma
         assert sigma is not None

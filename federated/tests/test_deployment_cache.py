@@ -83,3 +83,20 @@ def test_failed_round_drops_the_cached_model(configs):
     with pytest.raises(RuntimeError, match="injected crash"):
         client_app.train(_train_message(ArrayRecord(), 1), context)
     assert open_deployment(config, crashing, 3) is not before
+
+
+def test_noise_calibration_is_kept_in_the_node_state(configs, tiny_dataset, tiny_encoder):
+    run_config, _, _ = configs
+    run_config = {**run_config, "dp": "client", "target-epsilon": 8.0}
+    config = FedConfig.from_run_config(run_config)
+    split = partitions.load_split(tiny_dataset)
+    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
+    node_config = {"partition-id": 1, "num-partitions": 2}
+    context = Context(run_id=3, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
+    first = client_app.train(_train_message(arrays, 1), context).content["metrics"]
+    memo = context.state.config_records[client_app.NOISE_PLAN_STATE_KEY]
+    assert memo["sigma"] == pytest.approx(first["noise-multiplier"]) and memo["sigma"] > 0
+    memo["sigma"] = 0.5  # a planted value: the next round must take it from the state, not recompute
+    second = client_app.train(_train_message(arrays, 2), context).content["metrics"]
+    assert second["noise-multiplier"] == pytest.approx(0.5)

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import client_strings, leaks
 
 from softcar import ClassifierRetriever
 from softcar.errors import SoftcarError
@@ -122,8 +123,59 @@ def test_secagg_three_supernodes_one_drops_out(tiny_encoder, tiny_dataset, tmp_p
         assert by_round[r]["server_eval"]["R@1"] >= 0
     assert 0 < by_round[2]["epsilon"] <= 8.0 + 1e-6
     ClassifierRetriever.load(output / "server" / "global" / "latest")  # the unmasked aggregate is a model
-    # The masked training replies left the nodes: none carries the plain tensors.
-    stages = sorted(p.name.split("-")[1] for p in (tmp_path / "audit-0").glob("*.bin"))
-    assert stages.count("train") == 8  # 4 SecAgg+ stages x 2 rounds
+    # Every reply that left each node (all four SecAgg+ stages, both rounds): no text, no ids.
+    for i in range(3):
+        logged = sorted((tmp_path / f"audit-{i}").glob("*.bin"))
+        assert len(logged) == (
+            6 if i == 2 else 8
+        )  # 4 stages x 2 rounds; node 2: no masked vector, no unmask in round 1
+        secrets = client_strings(tiny_dataset, 3, i, "adapter+head")
+        for path in logged:
+            assert leaks(path.read_bytes(), secrets) == [], path.name
+    time.sleep(1.0)
+    assert [p for p in pids if is_alive(p)] == []
+
+
+@pytest.mark.slow
+def test_secagg_supernode_killed_mid_round_and_rejoins(tiny_encoder, tiny_dataset, tmp_path):
+    """A real crash: SuperNode 2 (and its ClientApp) is SIGKILLed as soon as round 1 reaches
+    SecAgg+'s masked-vector stage, i.e. after it has handed out its key shares. The SuperLink
+    reports it unavailable, the two survivors' shares unmask the sum, and the restarted node
+    contributes again in round 2."""
+    output = tmp_path / "out"
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        for i in range(3):
+            fed.start_node(i, {"partition-id": i, "num-partitions": 3})
+        run = fed.run(
+            {
+                "num-server-rounds": 2,
+                "secure-aggregation": True,
+                "secagg-reconstruction-threshold": 2,
+                "mode": "adapter+head",
+                "encoder": tiny_encoder,
+                "dataset": str(tiny_dataset),
+                "output-dir": str(output),
+                "min-train-nodes": 2,
+                "min-available-nodes": 3,
+                "batch-size": 8,
+                "max-query-length": 16,
+                "dp": "none",
+                "round-timeout": 300.0,
+            }
+        )
+        log = run.log_path
+        wait_for(lambda: "[Stage 2] Forwarding" in log.read_text(errors="replace"), 400, what="round 1 stage 2")
+        fed.kill_node(2)
+        wait_for(lambda: any(r["round"] == 1 for r in read_rounds(output)), 400, what="round 1 aggregated")
+        fed.start_node(2)  # same node config: rejoins for round 2
+        run.process.wait(timeout=600)
+        assert run.process.returncode == 0, fed.tail(run)
+        wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
+        pids = fed.all_pids()
+        rounds = {r["round"]: r for r in read_rounds(output)}
+    assert len(rounds[1]["accepted"]) == 2 and len(rounds[1]["failed"]) >= 1
+    assert len(rounds[2]["accepted"]) == 3
+    assert rounds[2]["server_eval"] is not None
     time.sleep(1.0)
     assert [p for p in pids if is_alive(p)] == []
