@@ -179,3 +179,77 @@ def test_secagg_supernode_killed_mid_round_and_rejoins(tiny_encoder, tiny_datase
     assert len(rounds[2]["accepted"]) >= 2 and rounds[2]["server_eval"] is not None
     time.sleep(1.0)
     assert [p for p in pids if is_alive(p)] == []
+
+
+def _fitins_message(arrays: list, server_round: int, digest: str):
+    from flwr.app import Message, MessageType, Metadata
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    fitins = FitIns(ndarrays_to_parameters(arrays), {"server-round": server_round, "doc-ids-sha256": digest})
+    metadata = Metadata(
+        run_id=5,
+        message_id=f"s{server_round}",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=0.0,
+        ttl=600.0,
+        message_type=MessageType.TRAIN,
+    )
+    return Message(compat.fitins_to_recorddict(fitins, True), metadata=metadata)
+
+
+def test_secagg_training_stage_in_process(tiny_encoder, tiny_dataset, tmp_path):
+    """The handler behind ``secaggplus_mod``: legacy ``fitins`` in, ``fitres`` out with this node's
+    tensors in the server's key order and its weight; a poisoned update is refused on the node
+    (the server could not see it); a node whose budget is spent weighs 0 in the sum."""
+    from flwr.app import Context, RecordDict
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    from softcar_federated import client_app, partitions
+    from softcar_federated.deployment import clear_deployment_cache
+    from softcar_federated.validation import MalformedUpdateError
+
+    run_config = {
+        "encoder": tiny_encoder,
+        "dataset": str(tiny_dataset),
+        "output-dir": str(tmp_path),
+        "num-server-rounds": 1,
+        "mode": "adapter+head",
+        "secure-aggregation": True,
+        "min-train-nodes": 3,
+        "batch-size": 8,
+        "max-query-length": 16,
+        "target-epsilon": 4.0,
+    }
+    config = FedConfig.from_run_config(run_config)
+    split = partitions.load_split(tiny_dataset)
+    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    state = server.trainable_state_dict(parts=config.shared_parts)
+    arrays = [v.numpy() for v in state.values()]
+    digest = partitions.doc_ids_digest(server.documents)
+    clear_deployment_cache()
+
+    def context(**node: object) -> Context:
+        node_config = {"partition-id": 0, "num-partitions": 3, **node}
+        return Context(run_id=5, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
+
+    ctx = context()
+    reply = client_app.train(_fitins_message(arrays, 1, digest), ctx)
+    fitres = compat.recorddict_to_fitres(reply.content, keep_input=True)
+    sent = parameters_to_ndarrays(fitres.parameters)
+    assert [a.shape for a in sent] == [a.shape for a in arrays]
+    assert fitres.num_examples == fitres.metrics["num-examples"] > 0
+    assert 0 < fitres.metrics["epsilon"] <= 4.0 + 1e-6 and fitres.metrics["abstained"] == 0
+
+    # Round 2 of a 1-round budget: abstain with weight 0 (adds nothing to the masked sum).
+    spent = client_app.train(_fitins_message(arrays, 2, digest), ctx)
+    spent_res = compat.recorddict_to_fitres(spent.content, keep_input=True)
+    assert spent_res.metrics["abstained"] == 1 and spent_res.num_examples == 0
+
+    clear_deployment_cache()
+    with pytest.raises(MalformedUpdateError, match="NaN"):
+        client_app.train(_fitins_message(arrays, 1, digest), context(poison="nan", **{"work-dir": str(tmp_path / "p")}))
