@@ -141,8 +141,8 @@ def _train(msg: Message, context: Context, config: FedConfig, node: NodeConfig, 
         keys = list(deployment.retriever.trainable_state_dict(parts=config.shared_parts))
         arrays = secure_aggregation.keyed(ndarrays, keys)
     else:
-        arrays, round_config = msg.content["arrays"], msg.content["config"]
-    server_round = int(round_config.get("server-round", 0))
+        arrays, round_config = msg.content.array_records["arrays"], msg.content.config_records["config"]
+    server_round = int(round_config.get("server-round", 0))  # type: ignore[arg-type]
     if node.crash_at_round is not None and server_round == node.crash_at_round:
         raise RuntimeError(f"injected crash at round {server_round} (node config crash-at-round)")
     _load_global(deployment, arrays, round_config)
@@ -236,7 +236,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = FedConfig.from_run_config(context.run_config)
     node = NodeConfig.from_node_config(context.node_config)
     deployment = open_deployment(config, node, context.run_id)
-    _load_global(deployment, msg.content["arrays"], msg.content["config"])
+    _load_global(deployment, msg.content.array_records["arrays"], msg.content.config_records["config"])
     scores = partitions.quality(deployment.retriever, deployment.heldout)
     metrics: dict[str, float | int] = {k: float(v) for k, v in scores.items()}
     metrics["num-examples"] = len(deployment.heldout)

@@ -134,6 +134,7 @@ class NodeConfig(BaseModel):
     work_dir: str | None = Field(None, description="Where the federated copy and privacy ledger live.")
     poison: str | None = Field(None, description="Test hook: 'nan' | 'shape' | 'keys' corrupts every update.")
     crash_at_round: int | None = Field(None, description="Test hook: raise inside train at this round.")
+    audit_log: str | None = Field(None, description="Folder: the wire bytes of every reply this node sends.")
 
     @model_validator(mode="after")
     def _check(self) -> NodeConfig:

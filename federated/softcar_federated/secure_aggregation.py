@@ -137,7 +137,7 @@ def is_legacy(msg: Message) -> bool:
 def legacy_inputs(msg: Message) -> tuple[list[np.ndarray], ConfigRecord]:
     """The global tensors (in the server's key order) and the round config of a ``fitins`` message."""
     ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    return parameters_to_ndarrays(ins.parameters), ConfigRecord(dict(ins.config))  # type: ignore[arg-type]
+    return parameters_to_ndarrays(ins.parameters), ConfigRecord(dict(ins.config))
 
 
 def keyed(arrays: Sequence[np.ndarray], keys: Sequence[str]) -> ArrayRecord:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from softcar import ClassifierRetriever, Document, atomic_directory, write_json, write_tensors
@@ -182,13 +182,15 @@ def _run_strategy(
     eval_metrics: dict[int, MetricRecord] = {}
     original_train, original_eval = strategy.aggregate_train, strategy.aggregate_evaluate
 
-    def aggregate_train(server_round, replies):  # type: ignore[no-untyped-def]
+    def aggregate_train(
+        server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = original_train(server_round, replies)
         if metrics is not None:
             train_metrics[server_round] = metrics
         return arrays, metrics
 
-    def aggregate_evaluate(server_round, replies):  # type: ignore[no-untyped-def]
+    def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         metrics = original_eval(server_round, replies)
         if metrics is not None:
             eval_metrics[server_round] = metrics
