@@ -49,6 +49,9 @@ def local(
     max_query_length: int = typer.Option(32),
     pseudo_queries: int = typer.Option(2, help="Pseudo-queries drawn per document."),
     centralized: bool = typer.Option(True, help="Also train without FL, for comparison."),
+    secagg: bool = typer.Option(
+        False, "--secagg", help="Flower SecAgg+: the server sees only the sum of updates (>= 2 clients per round)."
+    ),
     work_dir: Path | None = typer.Option(None, help="Keep logs/outputs here (default: a temp dir)."),
     timeout: float = typer.Option(1800.0, help="Give up (and stop everything) after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary."),
@@ -57,7 +60,10 @@ def local(
     """Real flower-superlink + N flower-supernodes on 127.0.0.1; last line: a JSON summary."""
     # Imported here, not at the top: torch/transformers/flwr take seconds and `--help` should not.
     from softcar import jsonable
+    from softcar.errors import SoftcarError
+    from softcar_federated.config import FedConfig
     from softcar_federated.local_experiment import LocalRunSpec, run_local
+    from softcar_federated.secure_aggregation import check_config
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
     spec = LocalRunSpec(
@@ -82,7 +88,13 @@ def local(
         centralized=centralized,
         work_dir=str(work_dir) if work_dir else None,
         timeout=timeout,
+        extra_run_config={"secure-aggregation": True} if secagg else {},
     )
+    try:  # refuse an unworkable combination before starting any process
+        check_config(FedConfig.from_run_config(spec.run_config(Path("output"))))
+    except SoftcarError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     # SIGTERM → SystemExit, so the LocalFederation context manager stops every process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     summary = run_local(spec)

@@ -79,6 +79,15 @@ class FedConfig(BaseModel):
         False, description="Server pre-trains on its public documents' pseudo-queries (no user questions) first."
     )
 
+    # Secure aggregation (Flower SecAgg+; checked at start by secure_aggregation.check_config)
+    secure_aggregation: bool = Field(False, description="SecAgg+: the server sees only the sum of updates.")
+    secagg_num_shares: int = Field(0, ge=0, description="Shares of each node's secrets; 0: every node of the round.")
+    secagg_reconstruction_threshold: int = Field(
+        2, ge=1, description="Shares needed to unmask; more than half the shares, at most min-train-nodes."
+    )
+    secagg_clipping_range: float = Field(8.0, gt=0, description="Update values must lie in ±this to be quantised.")
+    secagg_max_weight: float = Field(5000.0, gt=0, description="Largest num-examples a node may weigh in the sum.")
+
     # Data and model
     encoder: str = Field("", description="Base SLM folder; empty: the packaged all-MiniLM-L6-v2.")
     adapter: Literal["linear", "mlp"] = "linear"
@@ -146,6 +155,7 @@ class NodeConfig(BaseModel):
     work_dir: str | None = Field(None, description="Where the federated copy and privacy ledger live.")
     poison: str | None = Field(None, description="Test hook: 'nan' | 'shape' | 'keys' corrupts every update.")
     crash_at_round: int | None = Field(None, description="Test hook: raise inside train at this round.")
+    audit_log: str | None = Field(None, description="Folder: the wire bytes of every reply this node sends.")
 
     @model_validator(mode="after")
     def _check(self) -> NodeConfig:

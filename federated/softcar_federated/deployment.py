@@ -8,10 +8,12 @@ federation leaves the local retriever exactly as it was.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,6 +50,8 @@ class LocalDeployment:
     feedback: list[partitions.Pair]
     heldout: list[partitions.Pair]
     work_dir: Path
+    saved: tuple = field(default=(), compare=False)
+    """Fingerprint of the federated copy on disk as this object last read or wrote it."""
 
     @property
     def copy_dir(self) -> Path:
@@ -62,6 +66,7 @@ class LocalDeployment:
 
     def save_copy(self) -> None:
         self.retriever.save(self.copy_dir)
+        self.saved = copy_fingerprint(self.copy_dir)
 
     @classmethod
     def open(cls, config: FedConfig, node: NodeConfig, run_id: int | str) -> LocalDeployment:
@@ -117,4 +122,66 @@ class LocalDeployment:
             len(heldout),
             work_dir,
         )
-        return cls(retriever=retriever, own_doc_ids=own, feedback=feedback, heldout=heldout, work_dir=work_dir)
+        return cls(
+            retriever=retriever,
+            own_doc_ids=own,
+            feedback=feedback,
+            heldout=heldout,
+            work_dir=work_dir,
+            saved=copy_fingerprint(copy_dir),
+        )
+
+
+def copy_fingerprint(folder: Path) -> tuple:
+    """(name, size, mtime) of every file of a federated copy: changes whenever anyone rewrites it."""
+    if not folder.is_dir():
+        return ()
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+CACHE_SIZE = 4
+"""Deployments kept loaded per process (each holds an encoder: bounded for simulation actors
+that serve many virtual nodes)."""
+
+_OPEN: OrderedDict[str, LocalDeployment] = OrderedDict()
+
+
+def _cache_key(config: FedConfig, node: NodeConfig, run_id: int | str) -> str:
+    return json.dumps([str(run_id), config.model_dump(mode="json"), node.model_dump(mode="json")], sort_keys=True)
+
+
+def open_deployment(config: FedConfig, node: NodeConfig, run_id: int | str) -> LocalDeployment:
+    """:meth:`LocalDeployment.open`, but reused within this process across rounds.
+
+    Why: loading the encoder and building (or reading) the retriever every round is pure
+    overhead where the process lives on (Flower's simulation engine keeps its ClientApp actors;
+    in-process use). The cached object is used only while the federated copy on disk is the one
+    it last read or wrote; otherwise (another process trained this node meanwhile) it is reloaded.
+    """
+    key = _cache_key(config, node, run_id)
+    cached = _OPEN.get(key)
+    if cached is not None and cached.saved == copy_fingerprint(cached.copy_dir):
+        _OPEN.move_to_end(key)
+        logger.debug("node %s: reusing the loaded deployment", os.getpid())
+        return cached
+    deployment = LocalDeployment.open(config, node, run_id)
+    _OPEN[key] = deployment
+    _OPEN.move_to_end(key)
+    while len(_OPEN) > CACHE_SIZE:
+        _OPEN.popitem(last=False)
+    return deployment
+
+
+def forget_deployment(config: FedConfig, node: NodeConfig, run_id: int | str) -> None:
+    """Drop a cached deployment (after a failed round its in-memory model may be half-trained)."""
+    _OPEN.pop(_cache_key(config, node, run_id), None)
+
+
+def clear_deployment_cache() -> None:
+    """Drop every cached deployment (tests, and the overhead benchmark's 'reload' rows)."""
+    _OPEN.clear()

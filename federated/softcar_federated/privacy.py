@@ -20,10 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import Context, Message, MessageType
-from flwr.clientapp.mod import fixedclipping_mod
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -215,17 +211,6 @@ class ClientLevelPlan:
     def relative_noise(self) -> float:
         """Noise std on the averaged update per coordinate, in units of the clipping norm (σ/m)."""
         return self.noise_multiplier / self.clients_per_round
-
-
-def client_level_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Flower's ``fixedclipping_mod`` on training messages that carry a clipping norm (sent by
-    ``DifferentialPrivacyClientSideFixedClipping``), a pass-through otherwise, so one ClientApp
-    serves every ``dp`` mode: the update (reply − global) is clipped before it leaves the node."""
-    if msg.metadata.message_type == MessageType.TRAIN and any(
-        KEY_CLIPPING_NORM in record for record in msg.content.config_records.values()
-    ):
-        return fixedclipping_mod(msg, context, call_next)
-    return call_next(msg, context)
 
 
 def plan_client_level(

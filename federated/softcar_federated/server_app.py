@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from softcar import ClassifierRetriever, Document, atomic_directory, write_json, write_tensors
-from softcar_federated import partitions
+from softcar_federated import partitions, secure_aggregation
 from softcar_federated.config import FedConfig
 from softcar_federated.deployment import dataset_split, default_output_dir
 from softcar_federated.local_training import warm_start
 from softcar_federated.roundlog import plot_rounds
 from softcar_federated.strategy import ClientLevelDP, GuardedStrategy, build_strategy, central_epsilon
-from softcar_federated.validation import spec_of
+from softcar_federated.validation import spec_of, validate_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -102,80 +103,71 @@ def _metric_dict(record: MetricRecord | None) -> dict[str, float] | None:
 def main(grid: Grid, context: Context) -> None:
     """Run the federation for ``num-server-rounds`` and write the round log, plot and summary."""
     config = FedConfig.from_run_config(context.run_config)
+    secure_aggregation.check_config(config)  # refuse what cannot work before contacting a node
     output_dir = default_output_dir(config, context.run_id) / "server"
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     model = GlobalModel(config, output_dir)
     initial = model.initial_arrays()
-    strategy: GuardedStrategy = build_strategy(config, spec_of(initial))
-    train_metrics: dict[int, MetricRecord] = {}
-    eval_metrics: dict[int, MetricRecord] = {}
-    original_train, original_eval = strategy.aggregate_train, strategy.aggregate_evaluate
-
-    def aggregate_train(server_round, replies):  # type: ignore[no-untyped-def]
-        arrays, metrics = original_train(server_round, replies)
-        if metrics is not None:
-            train_metrics[server_round] = metrics
-        return arrays, metrics
-
-    def aggregate_evaluate(server_round, replies):  # type: ignore[no-untyped-def]
-        metrics = original_eval(server_round, replies)
-        if metrics is not None:
-            eval_metrics[server_round] = metrics
-        return metrics
-
-    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
-    strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
+    spec = spec_of(initial)
+    # The Message-API strategy (behind the update guard); SecAgg+ runs Flower's own workflow instead.
+    strategy: GuardedStrategy | None = None if config.secure_aggregation else build_strategy(config, spec)
+    client_level = strategy.strategy if strategy is not None and isinstance(strategy.strategy, ClientLevelDP) else None
     releases = 0
     last_epsilon: float = (
         0.0 if config.dp != "none" and not (config.dp == "client" and math.isinf(config.target_epsilon)) else math.inf
     )
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def record_round(
+        server_round: int, arrays: ArrayRecord, audit: object | None, train: dict | None, federated: dict | None
+    ) -> dict[str, float] | None:
+        """Evaluate the global model, update ε, and append the round to rounds.json / rounds.png."""
         nonlocal releases, last_epsilon
         scores = model.evaluate(server_round, arrays)
-        audit = strategy.audits.get(server_round)
-        train = _metric_dict(train_metrics.get(server_round))
-        if server_round > 0 and audit is not None and audit.accepted:
+        if server_round > 0 and audit is not None and getattr(audit, "accepted", None):
             releases += 1
         if config.dp == "server":
             last_epsilon = central_epsilon(config, releases)
-        elif isinstance(strategy.strategy, ClientLevelDP):
-            last_epsilon = strategy.strategy.epsilon()
+        elif client_level is not None:
+            last_epsilon = client_level.epsilon()
         elif config.client_dp_enabled and train and "epsilon" in train:
             last_epsilon = max(last_epsilon, float(train["epsilon"]))
         entry = {
             "round": server_round,
             "elapsed_s": round(time.perf_counter() - model.started, 3),
-            "accepted": audit.accepted if audit else [],
-            "rejected": audit.rejected if audit else [],
-            "abstained": audit.abstained if audit else [],
-            "failed": audit.failed if audit else [],
-            "not_released": strategy.strategy.skipped.get(server_round)
-            if isinstance(strategy.strategy, ClientLevelDP)
-            else None,
-            "train_phase_s": audit.train_phase_s if audit else None,
+            "accepted": getattr(audit, "accepted", []),
+            "rejected": getattr(audit, "rejected", []),
+            "abstained": getattr(audit, "abstained", []),
+            "failed": getattr(audit, "failed", []),
+            "not_released": client_level.skipped.get(server_round) if client_level is not None else None,
+            "train_phase_s": getattr(audit, "train_phase_s", None),
             "train": train,
-            "federated_eval": _metric_dict(eval_metrics.get(server_round)),
+            "federated_eval": federated,
             "server_eval": scores,
             "epsilon": last_epsilon,
             "delta": config.target_delta,
+            "secure_aggregation": config.secure_aggregation,
         }
         model.rounds.append(entry)
         write_json(output_dir / "rounds.json", {"config": config.model_dump(), "rounds": model.rounds})
         plot_rounds(model.rounds, output_dir / "rounds.png")
         logger.info("round %d: %s ε=%s", server_round, scores, last_epsilon)
-        return MetricRecord({k: float(v) for k, v in scores.items()}) if scores else None
+        return scores
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=config.num_server_rounds,
-        timeout=config.round_timeout,
-        train_config=model.train_config(),
-        evaluate_config=model.train_config(),
-        evaluate_fn=evaluate_fn,
-    )
+    if config.secure_aggregation:
+        # Flower's SecAgg+ workflow: only the sum of the updates is ever unmasked on the server.
+        secure_aggregation.run_secure_aggregation(
+            grid,
+            context,
+            config,
+            initial,
+            dict(model.train_config()),
+            evaluate=lambda r, arrays, audit: record_round(r, arrays, audit, audit.metrics if audit else None, None),
+            check_aggregate=lambda arrays: validate_arrays(arrays, spec),
+        )
+    else:
+        assert strategy is not None
+        _run_strategy(grid, config, model, initial, strategy, record_round)
     completed = sum(1 for r in model.rounds if r["round"] > 0)
     write_json(
         output_dir / "summary.json",
@@ -196,4 +188,55 @@ def main(grid: Grid, context: Context) -> None:
             "warm_start_s": model.warm_start_s,
             "elapsed_s": round(time.perf_counter() - model.started, 3),
         },
+    )
+
+
+def _run_strategy(
+    grid: Grid,
+    config: FedConfig,
+    model: GlobalModel,
+    initial: ArrayRecord,
+    strategy: GuardedStrategy,
+    record_round: Callable[..., dict[str, float] | None],
+) -> None:
+    """Flower's Message-API strategy behind the update guard (every reply validated on the server)."""
+    train_metrics: dict[int, MetricRecord] = {}
+    eval_metrics: dict[int, MetricRecord] = {}
+    original_train, original_eval = strategy.aggregate_train, strategy.aggregate_evaluate
+
+    def aggregate_train(
+        server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = original_train(server_round, replies)
+        if metrics is not None:
+            train_metrics[server_round] = metrics
+        return arrays, metrics
+
+    def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        metrics = original_eval(server_round, replies)
+        if metrics is not None:
+            eval_metrics[server_round] = metrics
+        return metrics
+
+    strategy.aggregate_train = aggregate_train  # type: ignore[method-assign]
+    strategy.aggregate_evaluate = aggregate_evaluate  # type: ignore[method-assign]
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        scores = record_round(
+            server_round,
+            arrays,
+            strategy.audits.get(server_round),
+            _metric_dict(train_metrics.get(server_round)),
+            _metric_dict(eval_metrics.get(server_round)),
+        )
+        return MetricRecord({k: float(v) for k, v in scores.items()}) if scores else None
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=config.num_server_rounds,
+        timeout=config.round_timeout,
+        train_config=model.train_config(),
+        evaluate_config=model.train_config(),
+        evaluate_fn=evaluate_fn,
     )

@@ -123,3 +123,27 @@ def supernode_keys(tmp_path: Path) -> tuple[Path, Path]:
     )
     private.chmod(0o600)
     return private, public
+
+
+def client_strings(dataset: Path, num_partitions: int, partition_id: int, mode: str) -> set[str]:
+    """Every string of one deployment's own data: its documents' ids and texts, its feedback and
+    held-out questions, i.e. what must never leave the node."""
+    from softcar_federated import partitions
+
+    split = partitions.load_split(dataset)
+    part = partitions.partition(split, num_partitions, False, 0)[partition_id]
+    own = set(part.doc_ids)
+    docs = [d for d in split.corpus if d.id in own]
+    strings = {d.text for d in docs} | {q for q, _ in part.feedback} | {q for q, _ in part.heldout}
+    strings |= {d.id for d in docs} | {doc_id for _, doc_id in part.feedback}
+    return {s for s in strings if s}
+
+
+def leaks(blob: bytes, strings: set[str]) -> list[str]:
+    """The strings (or their first 20 characters, to catch truncation) found in ``blob``."""
+    found = []
+    for text in strings:
+        for needle in {text, text[:20]}:
+            if len(needle) >= 4 and needle.encode("utf-8") in blob:
+                found.append(needle)
+    return found

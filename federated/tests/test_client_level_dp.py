@@ -13,8 +13,9 @@ from opacus.accountants import RDPAccountant
 
 from softcar.errors import SoftcarError
 from softcar_federated.config import FedConfig
-from softcar_federated.privacy import ClientLevelDPError, client_level_clipping_mod, plan_client_level
+from softcar_federated.privacy import ClientLevelDPError, plan_client_level
 from softcar_federated.strategy import ClientLevelDP, build_strategy
+from softcar_federated.update_clipping import client_level_clipping_mod
 from softcar_federated.validation import spec_of
 
 DIM = 20_000

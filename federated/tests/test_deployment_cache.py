@@ -1,0 +1,102 @@
+"""A node's deployment stays loaded across rounds within one process (simulation actors, in-process
+use), and is reloaded as soon as its federated copy on disk was rewritten by someone else."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+
+from softcar_federated import client_app, partitions
+from softcar_federated.config import FedConfig, NodeConfig
+from softcar_federated.deployment import clear_deployment_cache, copy_fingerprint, open_deployment
+
+
+@pytest.fixture
+def configs(tiny_encoder, tiny_dataset, tmp_path):
+    run_config = {
+        "encoder": tiny_encoder,
+        "dataset": str(tiny_dataset),
+        "output-dir": str(tmp_path),
+        "num-server-rounds": 3,
+        "batch-size": 8,
+        "max-query-length": 16,
+        "dp": "none",
+    }
+    clear_deployment_cache()
+    yield (
+        run_config,
+        FedConfig.from_run_config(run_config),
+        NodeConfig.from_node_config({"partition-id": 1, "num-partitions": 2}),
+    )
+    clear_deployment_cache()
+
+
+def _train_message(arrays: ArrayRecord, server_round: int) -> Message:
+    metadata = Metadata(
+        run_id=3,
+        message_id=f"t{server_round}",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=0.0,
+        ttl=600.0,
+        message_type=MessageType.TRAIN,
+    )
+    return Message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}), metadata=metadata
+    )
+
+
+def test_rounds_reuse_the_loaded_deployment(configs, tiny_dataset, tiny_encoder):
+    run_config, config, node = configs
+    split = partitions.load_split(tiny_dataset)
+    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
+    context = Context(
+        run_id=3,
+        node_id=1,
+        node_config={"partition-id": 1, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+    first = open_deployment(config, node, 3)
+    for server_round in (1, 2):
+        metrics = client_app.train(_train_message(arrays, server_round), context).content["metrics"]
+        assert 0 < metrics["train-s"] <= metrics["handler-s"]
+        assert open_deployment(config, node, 3) is first  # same object: nothing reloaded
+    assert first.saved == copy_fingerprint(first.copy_dir) != ()  # it wrote its copy and knows it
+
+    # Another process trains this node meanwhile: the copy on disk changes, the cache must not win.
+    other = type(first).open(config, node, 3)
+    other.retriever.save(other.copy_dir)
+    reloaded = open_deployment(config, node, 3)
+    assert reloaded is not first and reloaded.saved == copy_fingerprint(first.copy_dir)
+
+
+def test_failed_round_drops_the_cached_model(configs):
+    run_config, config, node = configs
+    crash = {"partition-id": 1, "num-partitions": 2, "crash-at-round": 1}
+    crashing = NodeConfig.from_node_config(crash)
+    before = open_deployment(config, crashing, 3)
+    context = Context(run_id=3, node_id=1, node_config=crash, state=RecordDict(), run_config=run_config)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        client_app.train(_train_message(ArrayRecord(), 1), context)
+    assert open_deployment(config, crashing, 3) is not before
+
+
+def test_noise_calibration_is_kept_in_the_node_state(configs, tiny_dataset, tiny_encoder):
+    run_config, _, _ = configs
+    run_config = {**run_config, "dp": "client", "target-epsilon": 8.0}
+    config = FedConfig.from_run_config(run_config)
+    split = partitions.load_split(tiny_dataset)
+    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
+    node_config = {"partition-id": 1, "num-partitions": 2}
+    context = Context(run_id=3, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
+    first = client_app.train(_train_message(arrays, 1), context).content["metrics"]
+    memo = context.state.config_records[client_app.NOISE_PLAN_STATE_KEY]
+    assert memo["sigma"] == pytest.approx(first["noise-multiplier"]) and memo["sigma"] > 0
+    memo["sigma"] = 0.5  # a planted value: the next round must take it from the state, not recompute
+    second = client_app.train(_train_message(arrays, 2), context).content["metrics"]
+    assert second["noise-multiplier"] == pytest.approx(0.5)
