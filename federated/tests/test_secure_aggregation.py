@@ -31,7 +31,7 @@ def _config(**values: object) -> FedConfig:
         ({"secagg-num-shares": 2}, ["secagg-num-shares=2"]),
         ({"secagg-reconstruction-threshold": 1}, ["secagg-reconstruction-threshold=1"]),
         ({"dp": "server"}, ["dp='server'"]),
-        ({"dp": "client-level"}, ["dp='client-level'"]),
+        ({"dp": "client-level", "population": 4, "clients-per-round": 3}, ["dp='client-level'"]),
     ],
 )
 def test_unworkable_settings_are_refused_with_a_typed_error(values, names):
