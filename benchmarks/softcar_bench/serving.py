@@ -181,7 +181,9 @@ def measure_size(
     return row
 
 
-def measure_index_only(vectors: torch.Tensor, queries: list[str], size: int, kind: str) -> dict[str, Any]:
+def measure_index_only(
+    vectors: torch.Tensor, queries: list[str], size: int, kind: str, probes: int | None = None
+) -> dict[str, Any]:
     """Lean variant for machines short of memory: the same head rows and faiss index
     (``softcar.HeadIndex``, default settings) without a retriever, documents or BM25. Recall@10
     of candidates re-scored exactly against the exact top 10; per-query index time."""
@@ -193,7 +195,7 @@ def measure_index_only(vectors: torch.Tensor, queries: list[str], size: int, kin
     head[real:] /= head[real:].norm(dim=1, keepdim=True).clamp(min=1e-12)
     encoder = softcar.ClassifierRetriever(config=softcar.TrainConfig(epochs=0, show_progress=False))
     query_vectors = encoder.embed_queries(queries)
-    config = softcar.ScoringConfig(ann_kind=kind)  # type: ignore[arg-type]
+    config = softcar.ScoringConfig(ann_kind=kind, ivf_probes=probes)  # type: ignore[arg-type]
     index = softcar.HeadIndex.build(head, config)
     exact = torch.topk(query_vectors @ head.T, K).indices
     hits, times = 0, []
@@ -208,6 +210,7 @@ def measure_index_only(vectors: torch.Tensor, queries: list[str], size: int, kin
         "rows": size,
         "real_rows": real,
         "ann_kind": kind,
+        "ivf_probes": int(index.index.nprobe) if kind == "ivf" else None,
         "index_build_s": index.build_seconds,
         "index_mb": index.nbytes / 2**20,
         "recall_at_10": hits / (K * len(queries)),
@@ -305,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chroma-search-ef", type=int, default=None, help="Chroma's hnsw:search_ef (default: its own)")
     parser.add_argument("--chroma-only", action="store_true", help="only the Chroma server measurement")
     parser.add_argument("--no-chroma", action="store_true", help="skip the Chroma server measurement")
+    parser.add_argument("--ivf-probes", type=int, default=None, help="--index-only: IVF probes (default: config's)")
     parser.add_argument("--index-only", action="store_true", help="only the faiss index + recall (less memory)")
     parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads")
     parser.add_argument("--out", default="benchmarks/results/serving.json")
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     sizes = [] if args.chroma_only else [int(s) for s in args.sizes.split(",") if s]
     if args.index_only:
-        lean = [measure_index_only(vectors, queries, size, args.ann_kind) for size in sizes]
+        lean = [measure_index_only(vectors, queries, size, args.ann_kind, args.ivf_probes) for size in sizes]
         softcar.write_json(
             args.out,
             {

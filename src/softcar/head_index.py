@@ -145,7 +145,7 @@ class HeadIndex:
             self.index.hnsw.efSearch = max(config.hnsw_ef_search, config.ann_candidates)
         else:
             lists = int(_faiss().extract_index_ivf(self.index).nlist)
-            self.index.nprobe = min(lists, config.ivf_probes or max(32, lists // 15))
+            self.index.nprobe = min(lists, config.ivf_probes or max(32, lists // 8))
 
     def add(self, rows: torch.Tensor) -> None:
         """Append new head rows (``add_documents``): both index kinds support adding in place."""
