@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import pytest
+from flwr.app import Message, Metadata, RecordDict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -147,3 +148,31 @@ def leaks(blob: bytes, strings: set[str]) -> list[str]:
             if len(needle) >= 4 and needle.encode("utf-8") in blob:
                 found.append(needle)
     return found
+
+
+def node_message(
+    content: RecordDict,
+    message_type: str = "train",
+    *,
+    run_id: int = 1,
+    message_id: str = "m",
+    src_node_id: int = 0,
+    dst_node_id: int = 1,
+    reply_to_message_id: str = "",
+    group_id: str = "",
+    ttl: float = 600.0,
+) -> Message:
+    """A Flower ``Message`` as the SuperLink would deliver it, for calling ClientApps and
+    strategies in-process (server → node by default; swap the ids for a node's reply)."""
+    metadata = Metadata(
+        run_id=run_id,
+        message_id=message_id,
+        src_node_id=src_node_id,
+        dst_node_id=dst_node_id,
+        reply_to_message_id=reply_to_message_id,
+        group_id=group_id,
+        created_at=0.0,
+        ttl=ttl,
+        message_type=message_type,
+    )
+    return Message(content, metadata=metadata)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from conftest import node_message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from softcar_federated import client_app, partitions
 from softcar_federated.config import FedConfig, NodeConfig
@@ -14,19 +15,8 @@ from softcar_federated.privacy import PrivacyLedger
 
 
 def _message(arrays: ArrayRecord, server_round: int, kind: str = MessageType.TRAIN) -> Message:
-    metadata = Metadata(
-        run_id=7,
-        message_id=f"m{server_round}{kind}",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id="",
-        created_at=0.0,
-        ttl=600.0,
-        message_type=kind,
-    )
     content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})})
-    return Message(content, metadata=metadata)
+    return node_message(content, kind, run_id=7, message_id=f"m{server_round}{kind}")
 
 
 @pytest.fixture

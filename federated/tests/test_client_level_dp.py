@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from conftest import node_message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from opacus.accountants import RDPAccountant
@@ -30,18 +31,16 @@ def _global() -> ArrayRecord:
 
 
 def _message(content: RecordDict, node: int = 1, kind: str = MessageType.TRAIN) -> Message:
-    metadata = Metadata(
+    return node_message(
+        content,
+        kind,
         run_id=1,
         message_id=f"m{node}",
         src_node_id=node,
         dst_node_id=0,
         reply_to_message_id="x",
-        group_id="",
-        created_at=0.0,
         ttl=60.0,
-        message_type=kind,
     )
-    return Message(content, metadata=metadata)
 
 
 def _reply(node: int, arrays: ArrayRecord) -> Message:

@@ -4,7 +4,8 @@ use), and is reloaded as soon as its federated copy on disk was rewritten by som
 from __future__ import annotations
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from conftest import node_message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from softcar_federated import client_app, partitions
 from softcar_federated.config import FedConfig, NodeConfig
@@ -32,19 +33,12 @@ def configs(tiny_encoder, tiny_dataset, tmp_path):
 
 
 def _train_message(arrays: ArrayRecord, server_round: int) -> Message:
-    metadata = Metadata(
+    return node_message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
+        MessageType.TRAIN,
         run_id=3,
         message_id=f"t{server_round}",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
         group_id=str(server_round),
-        created_at=0.0,
-        ttl=600.0,
-        message_type=MessageType.TRAIN,
-    )
-    return Message(
-        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}), metadata=metadata
     )
 
 

@@ -5,7 +5,8 @@ keeping its best global model so a noisy round cannot leave the federation below
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from conftest import node_message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from softcar import ClassifierRetriever
 from softcar_federated import client_app, partitions
@@ -30,19 +31,8 @@ def _run_config(tiny_encoder, tiny_dataset, tmp_path, **extra) -> dict:
 
 
 def _train_message(arrays: ArrayRecord, digest: str) -> Message:
-    metadata = Metadata(
-        run_id=3,
-        message_id="m1",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id="",
-        created_at=0.0,
-        ttl=600.0,
-        message_type=MessageType.TRAIN,
-    )
     config = ConfigRecord({"server-round": 1, "doc-ids-sha256": digest})
-    return Message(RecordDict({"arrays": arrays, "config": config}), metadata=metadata)
+    return node_message(RecordDict({"arrays": arrays, "config": config}), MessageType.TRAIN, run_id=3, message_id="m1")
 
 
 def test_head_only_dp_leaves_the_adapter_exactly_as_sent(tiny_encoder, tiny_dataset, tmp_path):

@@ -6,8 +6,8 @@ feedback questions or held-out questions, neither as bytes nor as any string val
 from __future__ import annotations
 
 import pytest
-from conftest import client_strings, leaks
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from conftest import client_strings, leaks, node_message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from softcar_federated import client_app, partitions
 from softcar_federated.config import FedConfig, NodeConfig
@@ -18,18 +18,7 @@ ROUNDS = 3
 
 
 def _message(content: RecordDict, server_round: int, kind: str) -> Message:
-    metadata = Metadata(
-        run_id=11,
-        message_id=f"m{server_round}{kind}",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id=str(server_round),
-        created_at=0.0,
-        ttl=600.0,
-        message_type=kind,
-    )
-    return Message(content, metadata=metadata)
+    return node_message(content, kind, run_id=11, message_id=f"m{server_round}{kind}", group_id=str(server_round))
 
 
 def _strings_of(message: Message) -> list[str]:

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import client_strings, leaks
+from conftest import client_strings, leaks, node_message
 
 from softcar import ClassifierRetriever
 from softcar.errors import SoftcarError
@@ -183,23 +183,18 @@ def test_secagg_supernode_killed_mid_round_and_rejoins(tiny_encoder, tiny_datase
 
 
 def _fitins_message(arrays: list, server_round: int, digest: str):
-    from flwr.app import Message, MessageType, Metadata
+    from flwr.app import MessageType
     from flwr.common import FitIns, ndarrays_to_parameters
     from flwr.compat.common import recorddict_compat as compat
 
     fitins = FitIns(ndarrays_to_parameters(arrays), {"server-round": server_round, "doc-ids-sha256": digest})
-    metadata = Metadata(
+    return node_message(
+        compat.fitins_to_recorddict(fitins, True),
+        MessageType.TRAIN,
         run_id=5,
         message_id=f"s{server_round}",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
         group_id=str(server_round),
-        created_at=0.0,
-        ttl=600.0,
-        message_type=MessageType.TRAIN,
     )
-    return Message(compat.fitins_to_recorddict(fitins, True), metadata=metadata)
 
 
 def test_secagg_training_stage_in_process(tiny_encoder, tiny_dataset, tmp_path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from conftest import node_message
+from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from softcar_federated.config import FedConfig
 from softcar_federated.strategy import build_strategy
@@ -21,18 +22,16 @@ def _arr(values):
 
 def _reply(node: int, arrays: ArrayRecord, n: int = 10, **extra) -> Message:
     metrics = MetricRecord({"num-examples": n, "unit-weight": 1.0, "train-loss": 1.0, "epsilon": 1.0, **extra})
-    metadata = Metadata(
+    return node_message(
+        RecordDict({"arrays": arrays, "metrics": metrics}),
+        MessageType.TRAIN,
         run_id=1,
         message_id=f"m{node}",
         src_node_id=node,
         dst_node_id=0,
         reply_to_message_id="x",
-        group_id="",
-        created_at=0.0,
         ttl=60.0,
-        message_type=MessageType.TRAIN,
     )
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), metadata=metadata)
 
 
 def test_spec_and_validate_ok():
