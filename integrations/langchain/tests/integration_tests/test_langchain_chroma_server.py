@@ -35,7 +35,10 @@ TEXTS = {
 }
 PAIRS = [("only one thread runs bytecode", "gil"), ("why is 0.1 odd", "float"), ("what does := do", "walrus")]
 QUERIES = ["why are threads slow", "0.1 is not exact", "immutable strings", "memory of cycles", "the := operator"]
-FAST = softcar.TrainConfig(epochs=1, batch_size=8, pseudo_queries_per_document=2, show_progress=False)
+# holdout_fraction=0: no held-out guard, so the trained rows are kept (their norms differ).
+FAST = softcar.TrainConfig(
+    epochs=1, batch_size=8, pseudo_queries_per_document=2, holdout_fraction=0.0, show_progress=False
+)
 
 
 def _free_port() -> int:
