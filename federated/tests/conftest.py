@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from flwr.app import Message, Metadata, RecordDict
 
+from softcar_federated.supervisor import is_alive
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
@@ -176,3 +178,19 @@ def node_message(
         message_type=message_type,
     )
     return Message(content, metadata=metadata)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Live processes whose cwd or command line mentions ``folder`` (leak check)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if (cwd.startswith(str(folder)) or str(folder) in cmd) and is_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

@@ -11,27 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import processes_in
 
 from softcar import ClassifierRetriever
 from softcar_federated.supervisor import LocalFederation, is_alive, read_rounds, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _processes_in(folder: Path) -> list[int]:
-    """Live processes whose cwd or command line mentions ``folder`` (leak check)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if (cwd.startswith(str(folder)) or str(folder) in cmd) and is_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def test_cli_local_kill_and_rejoin(tiny_encoder, tiny_dataset, tmp_path):
@@ -85,7 +70,7 @@ def test_cli_local_kill_and_rejoin(tiny_encoder, tiny_dataset, tmp_path):
     ClassifierRetriever.load(server / "global" / "best")  # the kept model: never below the start
     assert summary["final"]["R@1"] >= summary["initial"]["R@1"] and summary["final_round"] in (0, 1, 2)
     time.sleep(1.0)
-    assert _processes_in(work) == [], "processes left running"
+    assert processes_in(work) == [], "processes left running"
     assert time.monotonic() - started < 480
 
 
@@ -270,10 +255,10 @@ def test_flwr_run_simulation_engine(tiny_encoder, tiny_dataset, tmp_path):
         assert "aggregate_train: Received 2 results and 0 failures" in log, log[-4000:]
         ClassifierRetriever.load(output / "server" / "global" / "latest")
     finally:
-        for pid in _processes_in(home):
+        for pid in processes_in(home):
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
     time.sleep(1.0)
-    assert _processes_in(home) == [], "processes left running"
+    assert processes_in(home) == [], "processes left running"

@@ -12,27 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import processes_in
 from opacus.accountants import RDPAccountant
 
-from softcar_federated.supervisor import is_alive
-
 pytestmark = pytest.mark.slow
-
-
-def _processes_in(folder: Path) -> list[int]:
-    """Live processes whose cwd or command line mentions ``folder`` (leak check)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if (cwd.startswith(str(folder)) or str(folder) in cmd) and is_alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
 
 
 def test_client_level_dp_on_the_simulation_engine(tiny_encoder, tiny_dataset, tmp_path):
@@ -93,7 +76,7 @@ def test_client_level_dp_on_the_simulation_engine(tiny_encoder, tiny_dataset, tm
         assert "fixedclipping_mod" in log or "Received 8 results" in log, log[-4000:]
         rounds = json.loads((output / "server" / "rounds.json").read_text())["rounds"]
     finally:
-        for pid in _processes_in(home):
+        for pid in processes_in(home):
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:
@@ -125,7 +108,7 @@ def test_client_level_dp_on_the_simulation_engine(tiny_encoder, tiny_dataset, tm
     assert trained[-1]["epsilon"] == pytest.approx(replay.get_epsilon(0.01), rel=1e-6)
     assert trained[-1]["epsilon"] <= 8.0 * 1.0001
     time.sleep(1.0)
-    assert _processes_in(home) == [], "processes left running"
+    assert processes_in(home) == [], "processes left running"
 
 
 def test_run_simulation_summary(tiny_encoder, tiny_dataset, tmp_path):
@@ -156,4 +139,4 @@ def test_run_simulation_summary(tiny_encoder, tiny_dataset, tmp_path):
     assert 0 < summary["epsilon"] <= 8.0 * 1.0001
     assert summary["final"]["R@1"] >= summary["initial"]["R@1"]
     time.sleep(1.0)
-    assert _processes_in(tmp_path / "sim" / "flwr-home") == [], "processes left running"
+    assert processes_in(tmp_path / "sim" / "flwr-home") == [], "processes left running"
