@@ -103,3 +103,13 @@ def test_calibration_ties_go_to_the_prior_weight_and_fewest_rows() -> None:
     rows = torch.full((3, 3), float("-inf"))
     chosen = calibrate(HeldOut(soft, rows, torch.eye(3), labels), prior_hybrid_weight=0.2)
     assert chosen.hybrid_weight == 0.2 and chosen.question_offset is None
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3])
+def test_a_fixed_hybrid_weight_is_in_force_before_any_fit(tiny_bert: str, corpus: list[Document], alpha: float) -> None:
+    """``hybrid_weight=0`` means no BM25 from the start (it used to fall back to the default)."""
+    retriever = ClassifierRetriever(tiny_bert, config=FAST, scoring=ScoringConfig(hybrid_weight=alpha))
+    assert retriever.calibration.hybrid_weight == alpha
+    vectors = retriever.embed_documents([d.text for d in corpus])
+    retriever.add_embedded_documents(corpus, vectors)
+    assert retriever.calibration.hybrid_weight == alpha

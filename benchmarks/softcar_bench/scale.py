@@ -41,6 +41,7 @@ from softcar import (
     ClassifierRetriever,
     Document,
     InnerProductRetriever,
+    ScoringConfig,
     StepTimer,
     TrainConfig,
     Trainer,
@@ -203,11 +204,40 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def one_fit(name: str, make: Any, docs: list[Document], queries: dict[str, str], qrels: Any) -> dict[str, Any]:
+class InitialRows(TrainerCallback):
+    """The head rows when training begins: with no labelled queries, the frozen document embeddings."""
+
+    def __init__(self) -> None:
+        self.rows: torch.Tensor | None = None
+
+    def on_train_begin(self, trainer: Trainer, total_steps: int) -> None:
+        if self.rows is None:
+            self.rows = trainer.model.head.weight.detach().clone().cpu()
+
+
+def frozen_from_rows(docs: list[Document], rows: torch.Tensor) -> ClassifierRetriever:
+    """Frozen inner-product search over ``rows`` (identity adapter, no fusion, no question rows):
+    equal to ``InnerProductRetriever.fit(docs)`` (tests/test_retriever.py) without re-encoding."""
+    config = TrainConfig(epochs=0, show_progress=False)
+    frozen = ClassifierRetriever(config=config, scoring=ScoringConfig(hybrid_weight=0.0, question_rows=False))
+    frozen.add_embedded_documents(docs, rows)
+    return frozen
+
+
+def one_fit(
+    name: str,
+    make: Any,
+    docs: list[Document],
+    queries: dict[str, str],
+    qrels: Any,
+    initial_rows: InitialRows | None = None,
+) -> dict[str, Any]:
     retriever = make()
     timer = StepTimer()
     if isinstance(retriever, ClassifierRetriever):
         retriever.callbacks.append(timer)
+        if initial_rows is not None:
+            retriever.callbacks.append(initial_rows)
     started, cpu_started = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
         retriever.fit(docs)
@@ -256,14 +286,26 @@ def fits(args: argparse.Namespace) -> dict[str, Any]:
                 methods.append(("softcar, exact softmax", _softcar(args, {"sampled_softmax_above": None})))
             else:
                 methods.append(("softcar, sampled softmax", _softcar(args, {"sampled_softmax_above": 1})))
-        if "ip" in args.baselines:
+        initial_rows = InitialRows() if args.ip_from_softcar_rows else None
+        if "ip" in args.baselines and initial_rows is None:
             methods.append(("frozen inner product", InnerProductRetriever))
         if "bm25" in args.baselines:
             methods.append(("BM25", BM25Retriever))
         for name, make in methods:
             if args.methods and not any(m in name for m in args.methods.split(",")):
                 continue
-            rows.append(one_fit(name, make, docs, queries, qrels))
+            rows.append(one_fit(name, make, docs, queries, qrels, initial_rows if name == "softcar (defaults)" else None))
+            if initial_rows is not None and initial_rows.rows is not None and "ip" in args.baselines:
+                frozen_rows, initial_rows.rows = initial_rows.rows, None
+                row = one_fit(
+                    "frozen inner product (softcar's encoding pass)",
+                    lambda rows=frozen_rows: frozen_from_rows(docs, rows),
+                    docs,
+                    queries,
+                    qrels,
+                )
+                row["note"] = "fit_s excludes encoding: the rows are the frozen embeddings softcar's fit computed"
+                rows.append(row)
             if args.partial_out:
                 write_json(args.partial_out, {"rows": rows, "incomplete": True})
     return {"rows": rows, "data": str(args.data), "defaults": TrainConfig().model_dump(mode="json")}
@@ -309,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-queries", type=int, default=5000, help="fit: random judged queries evaluated (0: all)")
     parser.add_argument("--compare-exact", action="store_true", help="fit: also exact and forced-sampled softcar")
     parser.add_argument("--baselines", default="ip,bm25", help="fit: comma list of ip, bm25 (empty: none)")
+    parser.add_argument(
+        "--ip-from-softcar-rows",
+        action="store_true",
+        help="fit: frozen inner product over the frozen rows softcar's fit encoded (no second encoding pass)",
+    )
     parser.add_argument("--progress", action="store_true", help="fit: progress bars (with ETA)")
     parser.add_argument("--methods", default="", help="fit: only methods whose name contains one of these (comma list)")
     parser.add_argument("--partial-out", default=None, help="fit: JSON rewritten after every method")

@@ -45,6 +45,7 @@ class InnerProductRetriever(BaseRetriever):
         max_query_length: int = 64,
         max_document_length: int = 256,
         batch_size: int = 64,
+        batch_tokens: int | None = 4096,
         encoder_kwargs: Mapping[str, Any] | None = None,
         show_progress: bool = True,
         device: str | None = None,
@@ -52,7 +53,7 @@ class InnerProductRetriever(BaseRetriever):
         self._init_store()
         lengths = {"max_query_length": max_query_length, "max_document_length": max_document_length}
         self.config = RetrieverConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, pooling=pooling, **lengths)
-        self.batch_size = batch_size
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
         self.device = torch.device(device or "cpu")
         loaded = load_encoder(self.config.encoder, show_progress=show_progress, **self.config.encoder_kwargs)
         self.tokenizer = loaded.tokenizer
@@ -69,6 +70,7 @@ class InnerProductRetriever(BaseRetriever):
             texts,
             max_length=max_length,
             batch_size=self.batch_size,
+            batch_tokens=self.batch_tokens,
             device=self.device,
         )
         return vectors.cpu()

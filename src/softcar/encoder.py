@@ -140,6 +140,45 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     raise ValueError(f"unknown pooling {pooling!r}")
 
 
+ENCODE_WINDOW_BATCHES = 64
+"""Texts are tokenised and length-sorted in windows of this many batches (bounded memory)."""
+
+
+def length_sorted_batches(lengths: Sequence[int], max_count: int, max_tokens: int | None) -> list[list[int]]:
+    """Positions of ``lengths`` grouped into batches of similar length, longest first.
+
+    Padding to the longest text of a batch is what makes encoding in arrival order slow (on
+    real documents 3× slower than sorted); a batch holds at most ``max_count`` texts and, with
+    ``max_tokens``, at most that many padded tokens (at least one text).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for position in order:
+        longest = lengths[current[0]] if current else lengths[position]
+        full = len(current) >= max_count or (max_tokens is not None and (len(current) + 1) * longest > max_tokens)
+        if current and full:
+            batches.append(current)
+            current = []
+        current.append(position)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists → ``(input_ids, attention_mask)`` padded on the tokenizer's padding side."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    left = tokenizer.padding_side == "left"
+    for row, ids in enumerate(sequences):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def embed_texts(
     embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -149,28 +188,35 @@ def embed_texts(
     max_length: int,
     batch_size: int,
     device: torch.device,
+    batch_tokens: int | None = None,
     description: str | None = None,
     show_progress: bool = False,
 ) -> torch.Tensor:
-    """``embed(input_ids, attention_mask)`` over ``texts`` in batches (truncated, padded per batch).
+    """``embed(input_ids, attention_mask)`` over ``texts``, returned in their order.
 
-    Over-long texts are cut at ``max_length`` tokens, never an error. A progress bar is shown
-    only with a ``description`` and more than one batch.
+    Texts are tokenised once, in windows, and encoded in length-sorted batches of at most
+    ``batch_size`` texts and ``batch_tokens`` padded tokens, so little compute goes to padding.
+    Over-long texts are cut at ``max_length`` tokens, never an error. A progress bar (texts
+    encoded, with ETA) is shown only with a ``description`` and more than one batch.
     """
-    chunks = []
-    show = show_progress and description is not None and len(texts) > batch_size
-    for start in tqdm(range(0, len(texts), batch_size), desc=description, disable=not show, leave=False):
-        batch = tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        chunks.append(embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
-    if not chunks:
+    if not texts:
         return torch.zeros(0, 0, device=device)
-    return torch.cat(chunks)
+    out: torch.Tensor | None = None
+    window = batch_size * ENCODE_WINDOW_BATCHES
+    show = show_progress and description is not None and len(texts) > batch_size
+    with tqdm(total=len(texts), desc=description, disable=not show, leave=False, unit="text") as progress:
+        for start in range(0, len(texts), window):
+            chunk = list(texts[start : start + window])
+            encoded = tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
+            for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size, batch_tokens):
+                input_ids, attention_mask = pad_batch([encoded[i] for i in batch], tokenizer)
+                vectors = embed(input_ids.to(device), attention_mask.to(device))
+                if out is None:
+                    out = torch.empty(len(texts), vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
+                out[torch.tensor(batch, device=vectors.device) + start] = vectors
+                progress.update(len(batch))
+    assert out is not None
+    return out
 
 
 def check_fingerprint(path: str | os.PathLike[str], model: nn.Module, expected: str, encoder: str) -> str:

@@ -149,7 +149,10 @@ class ClassifierRetriever(BaseRetriever):
         scoring = self.config.scoring
         self._questions = QuestionRows(self.model.encoder.dim, scoring.max_question_rows_per_document)
         self._lexical = BM25Retriever()
-        self.calibration = Calibration(hybrid_weight=scoring.hybrid_weight or scoring.default_hybrid_weight)
+        self.calibration = Calibration(
+            hybrid_weight=scoring.default_hybrid_weight if scoring.hybrid_weight is None else scoring.hybrid_weight,
+            question_offset=scoring.question_offset if scoring.question_rows else None,
+        )
         """The scoring settings in force (hybrid weight, question-row offset), see softcar.scoring."""
         self._fingerprint: str | None = None
         self.generated_questions = 0
@@ -189,6 +192,7 @@ class ClassifierRetriever(BaseRetriever):
             texts,
             max_length=max_length,
             batch_size=self.config.train.encode_batch_size,
+            batch_tokens=self.config.train.encode_batch_tokens,
             device=self.device,
             description=description,
             show_progress=self.config.train.show_progress,
