@@ -294,12 +294,13 @@ def fits(args: argparse.Namespace) -> dict[str, Any]:
         for name, make in methods:
             if args.methods and not any(m in name for m in args.methods.split(",")):
                 continue
-            rows.append(one_fit(name, make, docs, queries, qrels, initial_rows if name == "softcar (defaults)" else None))
+            snapshot = initial_rows if name == "softcar (defaults)" else None
+            rows.append(one_fit(name, make, docs, queries, qrels, snapshot))
             if initial_rows is not None and initial_rows.rows is not None and "ip" in args.baselines:
                 frozen_rows, initial_rows.rows = initial_rows.rows, None
                 row = one_fit(
                     "frozen inner product (softcar's encoding pass)",
-                    lambda rows=frozen_rows: frozen_from_rows(docs, rows),
+                    lambda docs=docs, rows=frozen_rows: frozen_from_rows(docs, rows),
                     docs,
                     queries,
                     qrels,

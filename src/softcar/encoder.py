@@ -166,7 +166,9 @@ def length_sorted_batches(lengths: Sequence[int], max_count: int, max_tokens: in
     return batches
 
 
-def pad_batch(sequences: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(
+    sequences: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token id lists → ``(input_ids, attention_mask)`` padded on the tokenizer's padding side."""
     width = max(len(ids) for ids in sequences)
     input_ids = torch.full((len(sequences), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)
