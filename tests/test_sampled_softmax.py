@@ -11,7 +11,9 @@ from softcar import (
     Document,
     ExactMiner,
     HeadAnchor,
+    IndexMiner,
     RowSparseAdam,
+    ScoringConfig,
     SampledSoftmaxLoss,
     SparseHeadAnchor,
     TrainConfig,
@@ -207,6 +209,42 @@ def test_untouched_rows_are_bit_identical_after_training(tiny_bert: str, corpus:
     assert torch.count_nonzero(moments["exp_avg"][~touched]) == 0
     adapter_after = retriever.model.trainable_parameters(["adapter"])
     assert any(not torch.equal(adapter_after[n], p) for n, p in adapter_before.items())
+
+
+def test_index_miner_rescores_its_candidates_exactly() -> None:
+    generator = torch.Generator().manual_seed(0)
+    head = F.normalize(torch.randn(2000, 16, generator=generator), dim=1)
+    queries = F.normalize(torch.randn(6, 16, generator=generator), dim=1)
+    exact = torch.topk(queries @ head.T, 5, dim=1).indices
+    # Probing every inverted list makes the proposal exact: the mined rows are the true top 5.
+    every_list = IndexMiner(ScoringConfig(ivf_lists=20, ivf_probes=20), candidates=16)
+    assert torch.equal(every_list(queries, head, 5), exact)
+    # The default (few probes) proposes approximately, but what it returns is ranked exactly.
+    mined = IndexMiner(candidates=16)(queries, head, 5)
+    scores = (queries[:, None, :] * head[mined]).sum(-1)
+    assert mined.shape == (6, 5) and torch.all(scores[:, :-1] >= scores[:, 1:])
+    assert (mined == exact).float().mean() > 0.5
+
+
+def test_index_miner_rebuilds_on_schedule_and_when_the_head_grows() -> None:
+    head = F.normalize(torch.randn(500, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    miner = IndexMiner(refresh_every=3)
+    for _ in range(4):
+        miner(head[:2], head, 3)
+    assert miner.builds == 2  # calls 0 and 3
+    miner(head[:2], torch.cat([head, head[:10]]), 3)
+    assert miner.builds == 3
+
+
+def test_large_heads_mine_from_an_index(tiny_bert: str, corpus: list[Document]) -> None:
+    cfg = CONFIG.model_copy(update={"sampled_softmax_above": 4, "hard_negative_exact_max": 4})
+    retriever = ClassifierRetriever(tiny_bert, config=cfg).fit(corpus)
+    examples = [("global interpreter lock", 0), ("floating point", 1)]
+    assert isinstance(retriever.training_setup(examples).loss.miner, IndexMiner)  # type: ignore[attr-defined]
+    small = ClassifierRetriever(tiny_bert, config=CONFIG.model_copy(update={"sampled_softmax_above": 4}))
+    assert isinstance(small.fit(corpus).training_setup(examples).loss.miner, ExactMiner)  # type: ignore[attr-defined]
+    trained = ClassifierRetriever(tiny_bert, config=cfg.model_copy(update={"epochs": 1})).fit(corpus)
+    assert len(trained.retrieve("global interpreter lock", k=3)) == 3
 
 
 def test_fit_switches_to_the_sampled_softmax_above_the_threshold(tiny_bert: str, corpus: list[Document]) -> None:

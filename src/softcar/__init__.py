@@ -15,7 +15,7 @@ from softcar.data import BeirDataset, load_beir, load_jsonl_documents, packaged_
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import default_encoder_path
 from softcar.evaluation import evaluate, query_latency, run_retrieval, score_run
-from softcar.head_index import HeadIndex
+from softcar.head_index import HeadIndex, IndexMiner
 from softcar.interface import Retriever
 from softcar.losses import ClassificationLoss
 from softcar.model import ClassifierHead, SoftcarModel
@@ -57,6 +57,7 @@ __all__ = [
     "Document",
     "DocumentLike",
     "HeadIndex",
+    "IndexMiner",
     "InnerProductRetriever",
     "Retriever",
     "RetrieverConfig",

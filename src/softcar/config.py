@@ -106,9 +106,9 @@ class TrainConfig(BaseModel):
     sampled_uniform_negatives: int = Field(2048, ge=0)
     """Sampled softmax: uniform negatives per batch (log-Q corrected)."""
     hard_negative_exact_max: PositiveInt = 100_000
-    """Above this many head rows, hard negatives are mined exactly within a uniform pool of
-    16,384 rows per step unless ``ClassifierRetriever.hard_negative_miner`` (e.g. an ANN index)
-    is set."""
+    """Up to this many head rows, hard negatives are the exact top rows; above, they come from
+    a faiss index over the head (``softcar.IndexMiner``, rebuilt every
+    ``checkpoint_every_steps``), unless ``ClassifierRetriever.hard_negative_miner`` is set."""
     checkpoint_every_steps: PositiveInt = 500
     """``fit(..., checkpoint_dir=...)`` writes a resumable checkpoint every this many steps."""
     mixed_precision: bool = False

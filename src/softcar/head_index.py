@@ -307,3 +307,38 @@ def _soft_moments(
     mean = s1 / count
     variance = max((s2 - count * mean * mean) / max(count - 1, 1), 0.0)
     return mean, max(variance**0.5, 1e-6)
+
+
+class IndexMiner:
+    """Hard negatives for the sampled softmax from an ANN index over the head (large heads).
+
+    Exact mining costs ``O(B · N · d)`` per step, which at a million rows is the whole step.
+    This miner searches a faiss :class:`HeadIndex` instead and re-scores its ``candidates``
+    exactly against the *current* rows, so only the proposal is approximate. Training moves
+    few rows per step (sparse updates), so the index is rebuilt from the rows only every
+    ``refresh_every`` calls (one call per training step) or when the head grows; with
+    ``refresh_every`` equal to ``TrainConfig.checkpoint_every_steps`` the rebuilds fall on
+    checkpoint boundaries, so a resumed fit mines from the same index as an uninterrupted one.
+    """
+
+    def __init__(self, config: ScoringConfig | None = None, refresh_every: int = 500, candidates: int = 64) -> None:
+        # Hard negatives need not be the exact top-k: few probes keep mining cheap.
+        self.config = config or ScoringConfig(ivf_probes=8, hnsw_ef_search=64)
+        self.refresh_every, self.candidates = refresh_every, candidates
+        self.index: HeadIndex | None = None
+        self.builds = 0
+        self._calls = 0
+
+    @torch.no_grad()
+    def __call__(self, queries: torch.Tensor, head: torch.Tensor, k: int) -> torch.Tensor:
+        if self.index is None or self._calls % self.refresh_every == 0 or len(self.index) != head.shape[0]:
+            self.index = HeadIndex.build(head, self.config)
+            self.builds += 1
+        self._calls += 1
+        found = self.index.candidates(queries, max(k, self.candidates)).to(head.device)
+        valid = found >= 0
+        rows = found.clamp(min=0)
+        scores = torch.einsum("bd,bcd->bc", queries, head[rows].to(queries.dtype))
+        scores = scores.masked_fill(~valid.to(scores.device), -torch.inf)
+        top = torch.topk(scores, min(k, rows.shape[1]), dim=1).indices
+        return rows.gather(1, top)

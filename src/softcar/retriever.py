@@ -21,7 +21,7 @@ from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringCon
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CheckpointError, CorruptCheckpointError, InvalidVectorsError, UnknownDocumentError
-from softcar.head_index import HeadIndex, rescore
+from softcar.head_index import HeadIndex, IndexMiner, rescore
 from softcar.holdout import keep_trained, split_by_document
 from softcar.losses import training_loss
 from softcar.model import SoftcarModel
@@ -161,8 +161,7 @@ class ClassifierRetriever(BaseRetriever):
         """Trainer callbacks for every training run (fit, update, add_documents), e.g. a StepTimer."""
         self.hard_negative_miner: HardNegativeMiner | None = None
         """Sampled softmax: how hard negatives are mined (``None``: exact chunked top-k of the
-        head, on a uniform pool above ``TrainConfig.hard_negative_exact_max`` rows). The hook
-        for an ANN index over the head rows."""
+        head up to ``TrainConfig.hard_negative_exact_max`` rows, ``softcar.IndexMiner`` above)."""
         self._checkpoint: tuple[Path, dict[str, Any]] | None = None
         self._head_index: HeadIndex | None = None
 
@@ -265,7 +264,7 @@ class ClassifierRetriever(BaseRetriever):
                 cfg.logit_scale,
                 hard_negatives=cfg.sampled_hard_negatives,
                 uniform_negatives=cfg.sampled_uniform_negatives,
-                miner=self.hard_negative_miner or ExactMiner(max_rows=cfg.hard_negative_exact_max, generator=generator),
+                miner=self.hard_negative_miner or self._default_miner(cfg, generator),
                 generator=generator,
             )
             optimizer = RowSparseAdam(groups, weight_decay=cfg.weight_decay)
@@ -288,6 +287,12 @@ class ClassifierRetriever(BaseRetriever):
             config=cfg,
             sampled=sampled,
         )
+
+    def _default_miner(self, cfg: TrainConfig, generator: torch.Generator) -> HardNegativeMiner:
+        """Exact top-k over the head up to ``hard_negative_exact_max`` rows, an ANN index above."""
+        if self.model.head.num_documents > cfg.hard_negative_exact_max:
+            return IndexMiner(refresh_every=cfg.checkpoint_every_steps)
+        return ExactMiner(max_rows=cfg.hard_negative_exact_max, generator=generator)
 
     def _train(self, examples: Sequence[Example], epochs: int, description: str) -> TrainResult:
         cfg = self.config.train

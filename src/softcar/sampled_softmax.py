@@ -47,8 +47,8 @@ class ExactMiner:
     """Exact top-``k`` of ``queries @ head.T``, computed over row chunks (bounded memory).
 
     Cost is ``O(B · N · d)`` per step; above ``max_rows`` rows it searches a uniform pool of
-    ``pool`` rows instead (a bounded, cheaper stand-in until an ANN index is plugged in via
-    ``ClassifierRetriever.hard_negative_miner``).
+    ``pool`` rows instead (bounded cost; ``softcar.IndexMiner`` mines from an ANN index, which
+    is what a retriever uses above that size).
     """
 
     def __init__(
