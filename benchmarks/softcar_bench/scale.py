@@ -40,6 +40,8 @@ from softcar import (
     BM25Retriever,
     ClassifierRetriever,
     Document,
+    ExactMiner,
+    IndexMiner,
     InnerProductRetriever,
     ScoringConfig,
     StepTimer,
@@ -125,11 +127,12 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
         ("sampled: hard + in-batch + uniform, sparse rows", True, {}),
         ("sampled, no hard negatives", True, {"sampled_hard_negatives": 0}),
         ("sampled, hard negatives exact over all rows", True, {"hard_negative_exact_max": 10**9}),
+        ("sampled, hard negatives exact in a uniform pool (before IndexMiner)", True, {"_pool_miner": True}),
     ]
     for size in args.rows:
         retriever.model.head.weight = torch.nn.Parameter(torch.zeros(size, dim), requires_grad=False)
         for name, sampled, overrides in variants:
-            if "exact over all rows" in name and size <= base.hard_negative_exact_max:
+            if ("exact over all rows" in name or "uniform pool" in name) and size <= base.hard_negative_exact_max:
                 continue  # the same as the default sampled row there
             if not sampled and size > args.dense_max_rows:
                 continue
@@ -137,8 +140,9 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
                 generator = torch.Generator().manual_seed(args.seed)
                 head = retriever.model.head.weight
                 head.copy_(F.normalize(torch.randn(size, dim, generator=generator), dim=1))
-            config = base.model_copy(update=overrides)
-            retriever.hard_negative_miner = None
+            pool_miner = bool(overrides.get("_pool_miner", False))
+            config = base.model_copy(update={k: v for k, v in overrides.items() if not k.startswith("_")})
+            retriever.hard_negative_miner = ExactMiner(max_rows=config.hard_negative_exact_max) if pool_miner else None
             with PeakMemory() as memory:
                 setup = retriever.training_setup(examples, config, sampled=sampled)
                 timer, cpu = StepTimer(), CpuStepTimer()
@@ -147,12 +151,18 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 trainer.train(setup.loader, 1, max_steps=args.warmup + args.steps)
             timed = timer.seconds[args.warmup :]
+            miner = getattr(setup.loss, "miner", None)
+            # An IndexMiner builds its index on the first (untimed) step and every refresh_every
+            # steps after: its build is charged to the steps it serves.
+            rebuild = miner.index.build_seconds / miner.refresh_every if isinstance(miner, IndexMiner) else 0.0
             row = {
                 "head_rows": size,
                 "variant": name,
                 "sampled": sampled,
-                "step_cpu_s_median": statistics.median(cpu.seconds[args.warmup :]),
-                "step_s_median": statistics.median(timed),
+                "step_cpu_s_median": statistics.median(cpu.seconds[args.warmup :]) + rebuild,
+                "step_s_median": statistics.median(timed) + rebuild,
+                "index_rebuild_s_per_step": rebuild,
+                "miner": type(miner).__name__ if miner is not None else None,
                 "step_s_all": timer.seconds,
                 "step_cpu_s_all": cpu.seconds,
                 **memory.result(),
@@ -184,6 +194,7 @@ def print_steps(result: dict[str, Any]) -> None:
         {
             "head rows": f"{r['head_rows']:,}",
             "variant": r["variant"],
+            "miner": r.get("miner") or "",
             "step CPU s": f"{r['step_cpu_s_median']:.3f}",
             "step wall s": f"{r['step_s_median']:.3f}",
             "vs smallest head": f"{r['vs_same_variant_at_smallest']:.2f}x" if r["vs_same_variant_at_smallest"] else "",
