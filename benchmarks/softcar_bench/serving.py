@@ -142,6 +142,20 @@ def recall(approx: list[list[str]], exact: list[list[str]]) -> float:
     return sum(len(set(a) & set(e)) for a, e in zip(approx, exact)) / sum(len(e) for e in exact)
 
 
+TIE = 1e-5
+"""Scores this close are ties: documents whose texts are token-identical after truncation get
+identical rows (debian-packages has 89 such groups, 274 documents), and which of them is
+listed first is arbitrary in any engine."""
+
+
+def same_up_to_ties(got: list[softcar.ScoredDocument], expected: list[softcar.ScoredDocument]) -> bool:
+    """The same scores rank by rank: any document that differs is tied with the one it replaces.
+
+    Both lists are scored exactly in-process (the vector-database path re-scores what it finds),
+    so a document the database missed shows as a lower score at its rank."""
+    return len(got) == len(expected) and all(abs(a.score - b.score) <= TIE for a, b in zip(got, expected))
+
+
 def encode(retriever: softcar.ClassifierRetriever) -> Callable[[str], Any]:
     """The encoder's forward pass alone for one query (what ``retrieve`` does before the head)."""
     return lambda query: retriever.embed_queries([query])
@@ -235,7 +249,8 @@ def measure_chroma(
 
     retriever = build(docs, vectors, size, softcar.ScoringConfig(ann_threshold=10**9, hybrid_weight=0.0))
     retriever.calibration = retriever.calibration.model_copy(update={"hybrid_weight": 0.0})
-    exact = ids([retriever.retrieve(q, k=K) for q in queries])
+    exact_hits = [retriever.retrieve(q, k=K) for q in queries]
+    exact = ids(exact_hits)
     folder = Path(tempfile.mkdtemp(prefix="softcar-chroma-"))
     port = free_port()
     chroma = Path(sys.executable).with_name("chroma")
@@ -279,6 +294,8 @@ def measure_chroma(
             "push_s": push_s,
             "queries": len(queries),
             "identical_top10": sum(a == e for a, e in zip(through, exact)),
+            "identical_top10_up_to_ties": sum(same_up_to_ties(g, e) for g, e in zip(hits, exact_hits)),
+            "tie_tolerance": TIE,
             "recall_at_10": recall(through, exact),
             **percentiles(times),
         }
@@ -402,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"Chroma server, {chroma['rows']} rows ({chroma['real_rows']} real): pushed {chroma['pushed_entries']} "
             f"entries in {chroma['push_s']:.0f} s; top-10 identical to in-process exact search for "
-            f"{chroma['identical_top10']}/{chroma['queries']} queries (recall@10 {chroma['recall_at_10']:.3f}); "
+            f"{chroma['identical_top10']}/{chroma['queries']} queries, the same up to exactly tied documents "
+            f"for {chroma['identical_top10_up_to_ties']} (recall@10 {chroma['recall_at_10']:.3f}); "
             f"p50 {chroma['p50_ms']:.1f} ms"
         )
     print(f"wrote {args.out}")
