@@ -36,6 +36,21 @@ def test_calibration_refuses_rows_that_steal_other_documents_questions() -> None
     assert not torch.equal(combine(soft, stolen, None, Calibration(question_offset=0.0)).argmax(1), labels)
 
 
+def test_rows_that_help_rewordings_but_steal_from_unlabelled_documents_stay_off() -> None:
+    """90 % coverage: the expected R@1 favours rows (rewordings dominate), but they would cost
+    documents without feedback their questions, so they are not used."""
+    labels = torch.arange(4)
+    soft = torch.eye(4) * 0.3 + 0.3  # right, but by less than any offset protects
+    stolen = torch.full((4, 4), float("-inf"))
+    stolen[torch.arange(4), (labels + 1) % 4] = 0.95
+    seen_soft = torch.full((4, 4), 0.5) + 0.01 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((4, 4), float("-inf"))
+    own_rows[torch.arange(4), labels] = 0.9
+    chosen = calibrate(HeldOut(soft, stolen, None, labels), HeldOut(seen_soft, own_rows, None, labels), coverage=0.9)
+    assert chosen.unseen_recall == 1.0
+    assert torch.equal(combine(soft, stolen, None, chosen).argmax(1), labels)
+
+
 def test_calibration_learns_the_hybrid_weight() -> None:
     labels = torch.arange(5)
     soft = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))  # uninformative

@@ -15,7 +15,11 @@ so a setting whose rows steal other documents' questions loses here. A rewording
 question is simulated by a perturbed copy (words dropped, neighbours swapped) scored with every
 row visible. The two are weighted by the share of documents that have feedback (questions are
 assumed to spread evenly over documents), and near-ties go to the setting that is best for
-documents without feedback.
+documents without feedback. Question rows must not cost documents without feedback: a row
+setting whose leave-one-out R@1 is more than the tolerance below the best setting without
+question rows is never chosen, however much it helps rewordings. With most documents labelled
+the weighting alone would accept that trade (rewordings dominate the expected R@1), which is
+how 90 % feedback made the remaining documents worse than frozen search.
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ def calibrate(
     visible (a rewording of a known question). ``coverage``: the share of documents that have
     question rows, i.e. how often a new question is of the second kind if questions spread
     evenly over documents. The expected R@1 ``coverage·seen + (1-coverage)·unseen`` is
-    maximised; among settings within ``tolerance`` of the best, the one with the best ``unseen``
+    maximised over the settings whose ``unseen`` R@1 is within ``tolerance`` of the best
+    setting without question rows; among those within ``tolerance`` of the best, the one with the best ``unseen``
     R@1 wins, so documents without feedback keep as much as possible. Exact ties (common with
     a few dozen held-out pairs) go to the hybrid weight nearest ``prior_hybrid_weight`` (the one
     used before there is any feedback) and then to the most conservative use of question rows
@@ -124,6 +129,12 @@ def calibrate(
             on_unseen = unseen.recall(setting)
             on_seen = seen.recall(setting) if seen is not None else on_unseen
             results.append((coverage * on_seen + (1 - coverage) * on_unseen, on_unseen, alpha, offset))
+    # Do no harm to documents without feedback: rows may only be used where they keep the
+    # leave-one-out R@1 within tolerance of the best setting that does not use them.
+    without_rows = [r[1] for r in results if r[3] is None]
+    if without_rows:
+        floor = max(without_rows) - tolerance
+        results = [r for r in results if r[3] is None or r[1] >= floor]
     best = max(r[0] for r in results)
 
     def preference(r: tuple[float, float, float, float | None]) -> tuple[float, float, float]:
