@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -188,9 +189,34 @@ class _Rows(TrainerCallback):
         self.rows.update(self.loss.last_rows.tolist())
 
 
-def test_untouched_rows_are_bit_identical_after_training(tiny_bert: str, corpus: list[Document]) -> None:
+def test_row_sparse_sgd_moves_rows_by_their_gradient() -> None:
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Parameter(torch.randn(6, 3, generator=generator))
+    dense = torch.nn.Parameter(torch.randn(2, 3, generator=generator))
+    before, dense_before = head.detach().clone(), dense.detach().clone()
+    optimizer = RowSparseAdam([{"params": [dense]}, {"params": [head], "lr": 1.0}], sparse_rule="sgd", sparse_lr=0.5)
+    grad = torch.zeros(6, 3)
+    grad[[1, 4]] = torch.tensor([[1.0, 2.0, 3.0], [1e-4, 0.0, -1e-4]])
+    head.grad, dense.grad = grad.to_sparse(1), torch.ones(2, 3)
+    optimizer.step()
+    torch.testing.assert_close(head.detach(), before - 0.5 * grad)  # a tiny gradient, a tiny step
+    assert torch.equal(head.detach()[[0, 2, 3, 5]], before[[0, 2, 3, 5]])
+    assert not torch.equal(dense.detach(), dense_before)  # dense parameters still get AdamW
+    with pytest.raises(ValueError, match="sparse_rule"):
+        RowSparseAdam([head], sparse_rule="adagrad")
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd"])
+def test_untouched_rows_are_bit_identical_after_training(tiny_bert: str, corpus: list[Document], rule: str) -> None:
     retriever = _retriever(tiny_bert, corpus, extra_rows=300)
-    cfg = CONFIG.model_copy(update={"sampled_uniform_negatives": 16, "sampled_hard_negatives": 2, "weight_decay": 0.01})
+    cfg = CONFIG.model_copy(
+        update={
+            "sampled_uniform_negatives": 16,
+            "sampled_hard_negatives": 2,
+            "weight_decay": 0.01,
+            "sparse_head_rule": rule,
+        }
+    )
     setup = retriever.training_setup(retriever.training_examples(), cfg, sampled=True)
     assert isinstance(setup.loss, SampledSoftmaxLoss) and isinstance(setup.optimizer, RowSparseAdam)
     before = retriever.model.head.weight.detach().clone()
@@ -205,8 +231,9 @@ def test_untouched_rows_are_bit_identical_after_training(tiny_bert: str, corpus:
     assert 0 < int(touched.sum()) < before.shape[0]
     assert torch.equal(after[~touched], before[~touched])
     assert not torch.equal(after[touched], before[touched])
-    moments = setup.optimizer.state[retriever.model.head.weight]
-    assert torch.count_nonzero(moments["exp_avg"][~touched]) == 0
+    if rule == "adam":
+        moments = setup.optimizer.state[retriever.model.head.weight]
+        assert torch.count_nonzero(moments["exp_avg"][~touched]) == 0
     adapter_after = retriever.model.trainable_parameters(["adapter"])
     assert any(not torch.equal(adapter_after[n], p) for n, p in adapter_before.items())
 

@@ -101,6 +101,11 @@ class TrainConfig(BaseModel):
     """Head rows above which training uses a sampled softmax with sparse head updates
     (softcar.sampled_softmax); at or below, the exact softmax and dense AdamW. ``None``: always
     exact. Chosen from benchmarks/softcar_bench/scale.py (README, "Scale")."""
+    sparse_head_rule: Literal["adam", "sgd"] = "adam"
+    """Sampled softmax: how the head rows that took part in a step are updated
+    (softcar.RowSparseAdam): lazy per-row Adam, or SGD at ``sparse_head_learning_rate``."""
+    sparse_head_learning_rate: float = Field(0.02, gt=0)
+    """SGD step of sparse head rows (``sparse_head_rule="sgd"``)."""
     sampled_hard_negatives: int = Field(8, ge=0)
     """Sampled softmax: hard negatives per query, the current head's top rows for it."""
     sampled_uniform_negatives: int = Field(2048, ge=0)

@@ -267,7 +267,12 @@ class ClassifierRetriever(BaseRetriever):
                 miner=self.hard_negative_miner or self._default_miner(cfg, generator),
                 generator=generator,
             )
-            optimizer = RowSparseAdam(groups, weight_decay=cfg.weight_decay)
+            optimizer = RowSparseAdam(
+                groups,
+                weight_decay=cfg.weight_decay,
+                sparse_rule=cfg.sparse_head_rule,
+                sparse_lr=cfg.sparse_head_learning_rate,
+            )
             if cfg.train_head and cfg.head_anchor > 0:
                 regularizers.append(
                     SparseHeadAnchor(self.model.head.weight, cfg.head_anchor, lambda: sampled_loss.last_rows)

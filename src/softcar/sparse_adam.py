@@ -8,6 +8,13 @@ applies Adam with a *per-row* step count (so a row's first update has the usual 
 correction however late it comes: "lazy" Adam), and scatters them back. Rows outside the
 gradient stay bit-identical, and so do their moments. Decoupled weight decay on a sparse
 parameter decays the participating rows only.
+
+``sparse_rule="sgd"`` updates sparse rows by plain SGD (``sparse_lr``) instead. Adam's
+per-coordinate normalisation makes every step about ``lr`` long whatever the gradient's size:
+for a head trained by a sampled softmax, each of the thousands of sampled negatives of a step
+(softmax probability ~1e-5) then moves as far as the positive, and over a fit every row is
+pushed around by noise larger than the score gaps between similar documents. SGD moves a row
+in proportion to its gradient, as word2vec-style sampled softmax training does.
 """
 
 from __future__ import annotations
@@ -32,8 +39,13 @@ class RowSparseAdam(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        sparse_rule: str = "adam",
+        sparse_lr: float | None = None,
     ) -> None:
+        if sparse_rule not in ("adam", "sgd"):
+            raise ValueError(f"sparse_rule must be 'adam' or 'sgd', not {sparse_rule!r}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+        self.sparse_rule, self.sparse_lr = sparse_rule, sparse_lr
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -79,6 +91,13 @@ class RowSparseAdam(torch.optim.Optimizer):
         grad = grad.coalesce()
         rows = grad.indices()[0]
         values = grad.values()
+        if self.sparse_rule == "sgd":
+            # Plain SGD: a row moves in proportion to its gradient. Adam normalises each row's
+            # step, so a uniform negative with a vanishing softmax probability moves as far as
+            # the positive it competes with (see the module docstring).
+            step_lr = lr if self.sparse_lr is None else self.sparse_lr
+            param[rows] = (param[rows] * (1 - step_lr * decay) - step_lr * values).to(param.dtype)
+            return
         state = self.state[param]
         if not state:
             state["row_step"] = torch.zeros(param.shape[0], dtype=torch.float32, device=param.device)
