@@ -51,6 +51,23 @@ def test_rows_that_help_rewordings_but_steal_from_unlabelled_documents_stay_off(
     assert torch.equal(combine(soft, stolen, None, chosen).argmax(1), labels)
 
 
+def test_rows_that_steal_in_leave_one_out_are_used_when_every_document_has_feedback() -> None:
+    """Full coverage: every new question is about a document with feedback, so the
+    leave-one-out floor (which protects documents without feedback) does not apply and the
+    rows that find rewordings are used (the main job's chatterbot_qa setting)."""
+    labels = torch.arange(4)
+    soft = torch.eye(4) * 0.3 + 0.3
+    stolen = torch.full((4, 4), float("-inf"))
+    stolen[torch.arange(4), (labels + 1) % 4] = 0.95
+    seen_soft = torch.full((4, 4), 0.5) + 0.01 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((4, 4), float("-inf"))
+    own_rows[torch.arange(4), labels] = 0.9
+    seen = HeldOut(seen_soft, own_rows, None, labels)
+    chosen = calibrate(HeldOut(soft, stolen, None, labels), seen, coverage=1.0)
+    assert chosen.question_offset is not None
+    assert torch.equal(combine(seen_soft, own_rows, None, chosen).argmax(1), labels)
+
+
 def test_calibration_learns_the_hybrid_weight() -> None:
     labels = torch.arange(5)
     soft = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))  # uninformative
