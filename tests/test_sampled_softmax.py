@@ -12,6 +12,7 @@ from softcar import (
     Document,
     ExactMiner,
     HeadAnchor,
+    HeadIndex,
     IndexMiner,
     RowSparseAdam,
     SampledSoftmaxLoss,
@@ -261,6 +262,17 @@ def test_index_miner_rebuilds_on_schedule_and_when_the_head_grows() -> None:
     assert miner.builds == 2  # calls 0 and 3
     miner(head[:2], torch.cat([head, head[:10]]), 3)
     assert miner.builds == 3
+
+
+def test_the_mining_index_skips_the_row_statistics_that_only_serving_needs() -> None:
+    head = F.normalize(torch.randn(500, 8, generator=torch.Generator().manual_seed(2)), dim=1)
+    miner = IndexMiner()
+    miner(head[:2], head, 3)
+    assert miner.index is not None
+    with pytest.raises(RuntimeError, match="without row statistics"):
+        miner.index.stats  # noqa: B018 - the property is the point
+    served = HeadIndex.build(head, ScoringConfig())
+    assert served.stats.count == 500 and served.nbytes > miner.index.nbytes
 
 
 def test_large_heads_mine_from_an_index(tiny_bert: str, corpus: list[Document]) -> None:

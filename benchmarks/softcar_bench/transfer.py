@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": args.epochs,
                 "seed": args.seed,
                 "load_average": os.getloadavg(),
-                "note": "2-core CPU shared with other developers' jobs; timings are indicative only",
+                "note": "timings depend on the machine's load: see load_average (1, 5, 15 min) at the time of writing",
                 "rows": rows,
                 "wall_s": time.perf_counter() - started,
             },

@@ -29,6 +29,7 @@ from transformers.utils import logging as hf_logging
 from softcar.adapter import build_adapter
 from softcar.config import DEFAULT_ENCODER, RetrieverConfig
 from softcar.errors import CheckpointNotFoundError, EncoderMismatchError
+from softcar.training_data import pad_batch
 
 logger = logging.getLogger(__name__)
 
@@ -166,21 +167,6 @@ def length_sorted_batches(lengths: Sequence[int], max_count: int, max_tokens: in
     return batches
 
 
-def pad_batch(
-    sequences: Sequence[Sequence[int]], tokenizer: PreTrainedTokenizerBase
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token id lists → ``(input_ids, attention_mask)`` padded on the tokenizer's padding side."""
-    width = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), width), int(tokenizer.pad_token_id or 0), dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    left = tokenizer.padding_side == "left"
-    for row, ids in enumerate(sequences):
-        span = slice(width - len(ids), width) if left else slice(0, len(ids))
-        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, span] = 1
-    return input_ids, attention_mask
-
-
 @torch.no_grad()
 def embed_texts(
     embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -211,7 +197,9 @@ def embed_texts(
             chunk = list(texts[start : start + window])
             encoded = tokenizer(chunk, truncation=True, max_length=max_length)["input_ids"]
             for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size, batch_tokens):
-                input_ids, attention_mask = pad_batch([encoded[i] for i in batch], tokenizer)
+                input_ids, attention_mask = pad_batch(
+                    [encoded[i] for i in batch], int(tokenizer.pad_token_id or 0), tokenizer.padding_side == "left"
+                )
                 vectors = embed(input_ids.to(device), attention_mask.to(device))
                 if out is None:
                     out = torch.empty(len(texts), vectors.shape[1], dtype=vectors.dtype, device=vectors.device)

@@ -94,9 +94,11 @@ class HeadIndex:
     retriever notices when training moved the rows and rebuilds it.
     """
 
-    def __init__(self, index: Any, stats: RowStatistics, config: ScoringConfig, fingerprint: str | None = None) -> None:
+    def __init__(
+        self, index: Any, stats: RowStatistics | None, config: ScoringConfig, fingerprint: str | None = None
+    ) -> None:
         self.index = index
-        self.stats = stats
+        self._stats = stats
         self.kind = config.ann_kind
         self._fingerprint = fingerprint
         self._source: weakref.ref[torch.Tensor] | None = None
@@ -106,9 +108,21 @@ class HeadIndex:
         """Wall time of the last build (for benchmarks)."""
 
     # ------------------------------------------------------------------ building
+    @property
+    def stats(self) -> RowStatistics:
+        """The row statistics that serving's score standardisation needs."""
+        if self._stats is None:
+            raise RuntimeError("this HeadIndex was built without row statistics (statistics=False: mining only)")
+        return self._stats
+
     @classmethod
-    def build(cls, rows: torch.Tensor, config: ScoringConfig) -> HeadIndex:
-        """Index ``rows`` ``[N, d]`` (float32 copies; the head itself is untouched)."""
+    def build(cls, rows: torch.Tensor, config: ScoringConfig, *, statistics: bool = True) -> HeadIndex:
+        """Index ``rows`` ``[N, d]`` (float32 copies; the head itself is untouched).
+
+        ``statistics=False`` skips the row statistics (a ``d × d`` float64 Gram matrix over every
+        row, as costly as the index itself at a million rows) for an index that only proposes
+        candidates, such as :class:`IndexMiner`'s.
+        """
         faiss = _faiss()
         start = time.perf_counter()
         data = np.ascontiguousarray(rows.detach().cpu().float().numpy())
@@ -134,7 +148,7 @@ class HeadIndex:
         if not index.is_trained:
             index.train(sample)
         index.add(data)
-        self = cls(index, RowStatistics.of(rows), config)
+        self = cls(index, RowStatistics.of(rows) if statistics else None, config)
         self.build_seconds = time.perf_counter() - start
         logger.info("built a %s index over %d head rows in %.1f s", config.ann_kind, count, self.build_seconds)
         return self
@@ -150,7 +164,8 @@ class HeadIndex:
     def add(self, rows: torch.Tensor) -> None:
         """Append new head rows (``add_documents``): both index kinds support adding in place."""
         self.index.add(np.ascontiguousarray(rows.detach().cpu().float().numpy()))
-        self.stats.add(rows)
+        if self._stats is not None:
+            self._stats.add(rows)
         self._fingerprint = None
 
     def __len__(self) -> int:
@@ -159,7 +174,7 @@ class HeadIndex:
     @property
     def nbytes(self) -> int:
         """Memory of the index's own structures: stored rows (codes), IVF centroids and ids,
-        HNSW links; the float64 statistics (``d²``) included."""
+        HNSW links; the float64 statistics (``d²``) included where it keeps them."""
         faiss = _faiss()
         stored = self.index if self.kind == "ivf" else faiss.downcast_index(self.index.storage)
         total = int(self.index.ntotal) * int(stored.code_size)
@@ -168,7 +183,9 @@ class HeadIndex:
             total += int(ivf.nlist) * int(ivf.d) * 4 + int(self.index.ntotal) * 8
         else:
             total += int(self.index.hnsw.neighbors.size()) * 4 + int(self.index.hnsw.levels.size()) * 4
-        return total + int(self.stats.gram.numel() + self.stats.total.numel()) * 8
+        if self._stats is None:
+            return total
+        return total + int(self._stats.gram.numel() + self._stats.total.numel()) * 8
 
     # ------------------------------------------------------------------ staleness
     def bind(self, weight: torch.Tensor) -> None:
@@ -332,7 +349,7 @@ class IndexMiner:
     @torch.no_grad()
     def __call__(self, queries: torch.Tensor, head: torch.Tensor, k: int) -> torch.Tensor:
         if self.index is None or self._calls % self.refresh_every == 0 or len(self.index) != head.shape[0]:
-            self.index = HeadIndex.build(head, self.config)
+            self.index = HeadIndex.build(head, self.config, statistics=False)
             self.builds += 1
         self._calls += 1
         found = self.index.candidates(queries, max(k, self.candidates)).to(head.device)

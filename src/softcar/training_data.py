@@ -101,13 +101,23 @@ class ExampleDataset(Dataset):
 
     def collate(self, items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Right-pad to the longest item of the batch."""
-        width = max(len(ids) for ids, _ in items)
-        input_ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(items):
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
+        input_ids, attention_mask = pad_batch([ids for ids, _ in items], self.pad_token_id)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": torch.stack([y for _, y in items])}
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int] | torch.Tensor], pad_token_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id sequences → ``(input_ids, attention_mask)``, padded to the longest on the right
+    (or the left: decoder-only tokenizers pad there so the last position is a real token)."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids, attention_mask
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
