@@ -66,3 +66,14 @@ def test_frozen_retriever_ranks_the_same_whatever_the_batching(tiny_bert: str) -
     for query in ("long text", "two", "packages"):
         ranked = [[d.document.id for d in r.retrieve(query, k=6)] for r in (small, large)]
         assert ranked[0] == ranked[1]
+
+
+@pytest.mark.parametrize("encoder", ["tiny_bert", "tiny_llama"])
+def test_bfloat16_encoding_gives_float32_vectors_close_to_float32(encoder: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(encoder)
+    exact, fast = (
+        ClassifierRetriever(path, config=TrainConfig(show_progress=False, encode_dtype=dtype)).embed_documents(TEXTS)
+        for dtype in ("float32", "bfloat16")
+    )
+    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)  # autocast really ran
+    assert torch.nn.functional.cosine_similarity(fast, exact).min() > 0.99

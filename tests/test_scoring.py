@@ -76,6 +76,21 @@ def test_calibration_learns_the_hybrid_weight() -> None:
     assert calibrate(HeldOut(lexical, None, soft, labels)).hybrid_weight == 0.0
 
 
+def test_a_weight_that_wins_one_question_of_thirty_is_not_evidence() -> None:
+    """Few pairs: a hybrid weight that beats the prior by one question (within one standard
+    error) is noise, so the prior stays; one that wins many questions is taken."""
+    n = 30
+    labels = torch.arange(n)
+    soft = torch.eye(n)  # the soft score alone is right on every question but one
+    soft[0] = 0.0
+    soft[0, 1] = 1.0
+    lexical = torch.eye(n) * 0.01
+    lexical[0, 0] = 100.0  # BM25 rescues that one question at any weight above zero
+    assert calibrate(HeldOut(soft, None, lexical, labels), prior_hybrid_weight=0.0).hybrid_weight == 0.0
+    wrong = torch.roll(torch.eye(n), 1, dims=1)  # the soft score alone is wrong everywhere
+    assert calibrate(HeldOut(wrong, None, torch.eye(n), labels), prior_hybrid_weight=0.0).hybrid_weight > 0
+
+
 def test_calibration_uses_rows_when_every_document_has_feedback() -> None:
     """Full coverage: new questions are rewordings of known ones, where rows help."""
     labels = torch.arange(4)

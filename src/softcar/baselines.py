@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from typing_extensions import Self
 
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
-from softcar.config import PoolingKind, RetrieverConfig
+from softcar.config import EncodeDtype, PoolingKind, RetrieverConfig
 from softcar.documents import Document
 from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
 from softcar.errors import CorruptCheckpointError
@@ -33,7 +33,10 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 
 
 class InnerProductRetriever(BaseRetriever):
-    """Frozen-encoder dense retrieval: cosine inner product between query and document vectors."""
+    """Frozen-encoder dense retrieval: cosine inner product between query and document vectors.
+
+    ``batch_size``, ``batch_tokens`` and ``encode_dtype`` mean what ``TrainConfig.encode_*`` do.
+    """
 
     kind = "inner_product"
 
@@ -46,6 +49,7 @@ class InnerProductRetriever(BaseRetriever):
         max_document_length: int = 256,
         batch_size: int = 64,
         batch_tokens: int | None = 4096,
+        encode_dtype: EncodeDtype = "float32",
         encoder_kwargs: Mapping[str, Any] | None = None,
         show_progress: bool = True,
         device: str | None = None,
@@ -53,7 +57,7 @@ class InnerProductRetriever(BaseRetriever):
         self._init_store()
         lengths = {"max_query_length": max_query_length, "max_document_length": max_document_length}
         self.config = RetrieverConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, pooling=pooling, **lengths)
-        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.batch_size, self.batch_tokens, self.encode_dtype = batch_size, batch_tokens, encode_dtype
         self.device = torch.device(device or "cpu")
         loaded = load_encoder(self.config.encoder, show_progress=show_progress, **self.config.encoder_kwargs)
         self.tokenizer = loaded.tokenizer
@@ -71,6 +75,7 @@ class InnerProductRetriever(BaseRetriever):
             max_length=max_length,
             batch_size=self.batch_size,
             batch_tokens=self.batch_tokens,
+            dtype=self.encode_dtype,
             device=self.device,
         )
         return vectors.cpu()

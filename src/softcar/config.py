@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationInfo, 
 AdapterKind = Literal["linear", "mlp"]
 AnnKind = Literal["hnsw", "ivf"]
 IndexStorage = Literal["float32", "float16", "bfloat16"]
+EncodeDtype = Literal["float32", "bfloat16"]
 PoolingKind = Literal["auto", "mean", "last", "cls"]
 
 DEFAULT_ENCODER = "softcar:default"
@@ -124,6 +125,11 @@ class TrainConfig(BaseModel):
     encode_batch_tokens: PositiveInt | None = 4096
     """Most padded tokens per encoding batch: long documents go 16 to a batch, short queries
     ``encode_batch_size``; on 2 CPU cores 10% faster than 64 long documents a batch."""
+    encode_dtype: EncodeDtype = "float32"
+    """``"bfloat16"``: encode documents and queries (no gradient) under ``torch.autocast``; the
+    vectors stay float32. 2.5x faster on a 2-core CPU with AVX512-BF16, vectors at cosine
+    1.000 to float32 and the same R@1 (benchmarks/softcar_bench/encoding.py); slower on CPUs
+    without native bfloat16, hence not the default."""
     seed: int = 0
     device: str | None = None
     """torch device; None picks CUDA when available."""

@@ -27,7 +27,7 @@ from transformers.models.auto.modeling_auto import (
 from transformers.utils import logging as hf_logging
 
 from softcar.adapter import build_adapter
-from softcar.config import DEFAULT_ENCODER, RetrieverConfig
+from softcar.config import DEFAULT_ENCODER, EncodeDtype, RetrieverConfig
 from softcar.errors import CheckpointNotFoundError, EncoderMismatchError
 from softcar.training_data import pad_batch
 
@@ -177,13 +177,15 @@ def embed_texts(
     batch_size: int,
     device: torch.device,
     batch_tokens: int | None = None,
+    dtype: EncodeDtype = "float32",
     description: str | None = None,
     show_progress: bool = False,
 ) -> torch.Tensor:
-    """``embed(input_ids, attention_mask)`` over ``texts``, returned in their order.
+    """``embed(input_ids, attention_mask)`` over ``texts``, returned in their order (float32).
 
     Texts are tokenised once, in windows, and encoded in length-sorted batches of at most
     ``batch_size`` texts and ``batch_tokens`` padded tokens, so little compute goes to padding.
+    ``dtype="bfloat16"`` runs ``embed`` under ``torch.autocast`` (see ``TrainConfig.encode_dtype``).
     Over-long texts are cut at ``max_length`` tokens, never an error. A progress bar (texts
     encoded, with ETA) is shown only with a ``description`` and more than one batch.
     """
@@ -200,7 +202,8 @@ def embed_texts(
                 input_ids, attention_mask = pad_batch(
                     [encoded[i] for i in batch], int(tokenizer.pad_token_id or 0), tokenizer.padding_side == "left"
                 )
-                vectors = embed(input_ids.to(device), attention_mask.to(device))
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                    vectors = embed(input_ids.to(device), attention_mask.to(device)).float()
                 if out is None:
                     out = torch.empty(len(texts), vectors.shape[1], dtype=vectors.dtype, device=vectors.device)
                 out[torch.tensor(batch, device=vectors.device) + start] = vectors

@@ -192,6 +192,7 @@ class ClassifierRetriever(BaseRetriever):
             max_length=max_length,
             batch_size=self.config.train.encode_batch_size,
             batch_tokens=self.config.train.encode_batch_tokens,
+            dtype=self.config.train.encode_dtype,
             device=self.device,
             description=description,
             show_progress=self.config.train.show_progress,
