@@ -68,18 +68,19 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def real_rows(count: int) -> tuple[list[softcar.Document], torch.Tensor, dict[str, str]]:
-    """A seeded random sample of debian-packages documents, their frozen vectors (cached) and
-    their synopsis queries (doc id -> query text)."""
+def real_rows(count: int, encode_dtype: str = "float32") -> tuple[list[softcar.Document], torch.Tensor, dict[str, str]]:
+    """A seeded random sample of debian-packages documents, their frozen vectors (cached; encoded
+    with ``TrainConfig.encode_dtype``) and their synopsis queries (doc id -> query text)."""
     data = softcar.load_beir(DATA, duplicate_ids="keep_first")
     docs = random.Random(0).sample(data.corpus, count)
     docs.sort(key=lambda d: len(d.text))  # batches of similar length: less padding to encode
-    vectors_file = CACHE / f"debian-{count}-docs.safetensors"
-    ids_file = CACHE / f"debian-{count}-ids.txt"
+    suffix = "" if encode_dtype == "float32" else f"-{encode_dtype}"
+    vectors_file = CACHE / f"debian-{count}{suffix}-docs.safetensors"
+    ids_file = CACHE / f"debian-{count}{suffix}-ids.txt"
     if vectors_file.is_file() and ids_file.read_text().split("\n") == [d.id for d in docs]:
         vectors = load_file(str(vectors_file))["documents"]
     else:
-        encoder = softcar.ClassifierRetriever(config=softcar.TrainConfig(epochs=0))
+        encoder = softcar.ClassifierRetriever(config=softcar.TrainConfig(epochs=0, encode_dtype=encode_dtype))
         vectors = encoder.embed_documents([d.text for d in docs])
         CACHE.mkdir(parents=True, exist_ok=True)
         save_file({"documents": vectors.contiguous()}, str(vectors_file))
@@ -328,13 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ivf-probes", type=int, default=None, help="--index-only: IVF probes (default: config's)")
     parser.add_argument("--index-only", action="store_true", help="only the faiss index + recall (less memory)")
     parser.add_argument("--threads", type=int, default=1, help="torch / faiss threads")
+    parser.add_argument(
+        "--encode-dtype", default="float32", choices=["float32", "bfloat16"], help="how the real rows are encoded"
+    )
     parser.add_argument("--out", default="benchmarks/results/serving.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     started = time.time()
     load_start = os.getloadavg()
-    docs, vectors, by_doc = real_rows(args.real)
+    docs, vectors, by_doc = real_rows(args.real, args.encode_dtype)
     asked = [d for d in docs if d.id in by_doc]
     queries = [by_doc[d.id] for d in random.Random(1).sample(asked, min(args.queries, len(asked)))]
     rows = []
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load_avg_at_start": load_start,
                 "load_avg_at_end": os.getloadavg(),
                 "index_only": lean,
-                "note": "index only (no retriever, documents or BM25); 2-core machine shared with other jobs",
+                "note": "index only (no retriever, documents or BM25); timings depend on the load averages",
             },
         )
         print(
@@ -381,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "load_avg_at_start": load_start,
             "load_avg_at_end": os.getloadavg(),
-            "note": "2-core machine shared with other developers' jobs while measuring",
+            "encode_dtype": args.encode_dtype,
+            "note": "timings depend on the load averages recorded here",
         },
         "data": {
             "real_rows": len(docs),
