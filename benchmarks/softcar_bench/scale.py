@@ -244,8 +244,8 @@ def one_fit(
     initial_rows: InitialRows | None = None,
     fitted: bool = False,
 ) -> dict[str, Any]:
-    """Fit ``make()`` on ``docs`` and evaluate it (``fitted``: ``make`` builds it ready, timed as the fit)."""
-    retriever = make() if not fitted else None
+    """Fit ``make()`` on ``docs`` and evaluate it (``fitted``: ``make`` returns it ready, no fit)."""
+    retriever = make()
     timer = StepTimer()
     if isinstance(retriever, ClassifierRetriever):
         retriever.callbacks.append(timer)
@@ -253,9 +253,7 @@ def one_fit(
             retriever.callbacks.append(initial_rows)
     started, cpu_started = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
-        if retriever is None:
-            retriever = make()
-        else:
+        if not fitted:
             retriever.fit(docs)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     quality = evaluate(retriever, queries, qrels, k=10)
