@@ -127,7 +127,7 @@ class TrainConfig(BaseModel):
     ``encode_batch_size``; on 2 CPU cores 10% faster than 64 long documents a batch."""
     encode_dtype: EncodeDtype = "float32"
     """``"bfloat16"``: encode documents and queries (no gradient) under ``torch.autocast``; the
-    vectors stay float32. 2.5x faster on a 2-core CPU with AVX512-BF16, vectors at cosine
+    vectors stay float32. 2.4x faster on a 2-core CPU with AVX512-BF16, vectors at cosine
     1.000 to float32 and the same R@1 (benchmarks/softcar_bench/encoding.py); slower on CPUs
     without native bfloat16, hence not the default."""
     seed: int = 0
