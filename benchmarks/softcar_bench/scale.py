@@ -154,7 +154,9 @@ def step_times(args: argparse.Namespace) -> dict[str, Any]:
             miner = getattr(setup.loss, "miner", None)
             # An IndexMiner builds its index on the first (untimed) step and every refresh_every
             # steps after: its build is charged to the steps it serves.
-            rebuild = miner.index.build_seconds / miner.refresh_every if isinstance(miner, IndexMiner) else 0.0
+            # (no index when the variant mines no hard negatives)
+            index = miner.index if isinstance(miner, IndexMiner) else None
+            rebuild = index.build_seconds / miner.refresh_every if index is not None else 0.0
             row = {
                 "head_rows": size,
                 "variant": name,
