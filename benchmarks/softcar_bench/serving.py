@@ -321,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hnsw-at", default="57000", help="sizes also measured with HNSW (comma-separated; '' for none)"
     )
-    parser.add_argument("--fp16-at", default="57000", help="sizes also measured with a float16 index ('' for none)")
+    parser.add_argument(
+        "--float32-at",
+        default="57000",
+        help="sizes also measured with a float32 index, not the float16 default ('' for none)",
+    )
     parser.add_argument("--chroma-rows", type=int, default=57000, help="rows pushed into the Chroma server")
     parser.add_argument("--chroma-search-ef", type=int, default=None, help="Chroma's hnsw:search_ef (default: its own)")
     parser.add_argument("--chroma-only", action="store_true", help="only the Chroma server measurement")
@@ -362,11 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     hnsw_at = {int(s) for s in args.hnsw_at.split(",") if s}
-    fp16_at = {int(s) for s in args.fp16_at.split(",") if s}
+    float32_at = {int(s) for s in args.float32_at.split(",") if s}
+    default_storage = softcar.ScoringConfig().ann_storage
     for size in sizes:
-        variants = [(args.ann_kind, "float32")]
-        variants += [("hnsw", "float32")] if size in hnsw_at and args.ann_kind != "hnsw" else []
-        variants += [(args.ann_kind, "float16")] if size in fp16_at else []
+        variants = [(args.ann_kind, default_storage)]
+        variants += [("hnsw", default_storage)] if size in hnsw_at and args.ann_kind != "hnsw" else []
+        variants += [(args.ann_kind, "float32")] if size in float32_at and default_storage != "float32" else []
         for kind, storage in variants:
             row = measure_size(docs, vectors, queries, size, kind, storage)
             for name in ("exact_alpha0.0", "exact_alpha0.1", "ann_alpha0.0", "ann_alpha0.1"):

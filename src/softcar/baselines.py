@@ -170,9 +170,8 @@ class BM25Retriever(BaseRetriever):
             assert self._index is not None
             tokens = bm25s.tokenize(list(queries), stopwords=self.stopwords, show_progress=False, return_ids=False)
             empty = np.zeros(len(self._documents), dtype=np.float32)  # a query of stopwords only
-            return torch.from_numpy(
-                np.stack([self._index.get_scores(t) if t else empty for t in tokens]).astype(np.float32)
-            )
+            rows = [np.asarray(self._index.get_scores(t), dtype=np.float32) if t else empty for t in tokens]
+            return torch.from_numpy(rows[0][None] if len(rows) == 1 else np.stack(rows))
 
     def _search(self, queries: list[str], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self._index is not None

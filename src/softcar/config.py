@@ -180,10 +180,12 @@ class ScoringConfig(BaseModel):
     """IVF lists visited per query; ``None``: ``max(32, lists // 8)``. Measured recall@10 (head rows
     padded with random unit rows, the hard case): 57k rows, 32 of 238 lists: 0.998; 1M rows, 32 of
     1,000 lists: 0.972, 66: 0.983, 128: 0.994."""
-    ann_storage: IndexStorage = "float32"
-    """How the ANN index stores its copy of the head rows: ``"float16"`` / ``"bfloat16"`` halve
-    its memory and file size (faiss scalar quantizer). Candidates are always re-scored in float32
-    against the head itself, so only which candidates are proposed can change, never a score."""
+    ann_storage: IndexStorage = "float16"
+    """How the ANN index stores its copy of the head rows: ``"float16"`` (default) / ``"bfloat16"``
+    halve its memory and file size against ``"float32"`` (faiss scalar quantizer). Candidates are
+    always re-scored in float32 against the head itself, so only which candidates are proposed
+    can change, never a score. Measured at 1M rows (125 probes, 2 threads): float16 recall@10
+    0.994 as float32, index 743 vs 1,475 MiB, query p50 1.23× vs 1.51× the encoder's."""
 
 
 class RetrieverConfig(BaseModel):

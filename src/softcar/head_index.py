@@ -201,6 +201,12 @@ class HeadIndex:
     # ------------------------------------------------------------------ search
     def candidates(self, queries: torch.Tensor, count: int) -> torch.Tensor:
         """Row ids ``[len(queries), count]`` of the index's top rows (``-1`` pads a short list)."""
+        if self.kind == "ivf":
+            # faiss spreads a search over queries by default, so one query ran on one core. With
+            # fewer queries than threads, spread it over the probed lists instead (measured at 1M
+            # rows, 125 probes, 2 threads: 9.0 → 6.5 ms per query, float32 lists).
+            ivf = _faiss().extract_index_ivf(self.index)
+            ivf.parallel_mode = 1 if len(queries) < _faiss().omp_get_max_threads() else 0
         _, ids = self.index.search(np.ascontiguousarray(queries.detach().cpu().float().numpy()), min(count, len(self)))
         return torch.from_numpy(ids.astype(np.int64))
 
@@ -274,22 +280,31 @@ def rescore(
     for i in range(n):
         q = queries[i : i + 1]
         parts = [candidates[i][candidates[i] >= 0]]
+        lex_values: torch.Tensor | None = None
         asked = None
         if question_best is not None:
             asked = torch.isfinite(question_best[i]).nonzero().flatten().cpu()
             parts.append(asked)
         if fused:
             assert lexical is not None
-            parts.append(torch.topk(lexical[i], min(candidates.shape[1], total)).indices.cpu())
+            # BM25 is zero for every document without a query term: its top documents and its
+            # moments come from the few non-zero scores (O(matches), not O(N) per query).
+            lex_rows = torch.nonzero(lexical[i], as_tuple=True)[0]
+            lex_values = lexical[i, lex_rows].double()
+            top_lexical = torch.topk(lex_values, min(candidates.shape[1], len(lex_rows))).indices
+            parts.append(lex_rows[top_lexical].cpu())
         cand = torch.unique(torch.cat(parts))
         soft = q @ head[cand.to(head.device)].T.to(q)
         best = question_best[i : i + 1, cand.to(question_best.device)] if question_best is not None else None
         scores = combine(soft, best, None, calibration)
         if fused:
             assert lexical is not None
+            assert lex_values is not None
             alpha = calibration.hybrid_weight
-            lex_all = lexical[i].double()
-            lex_z = (lexical[i, cand.to(lexical.device)].double() - lex_all.mean()) / lex_all.std().clamp(min=1e-6)
+            documents = lexical.shape[1]
+            lex_mean = float(lex_values.sum()) / documents
+            lex_var = max(float((lex_values**2).sum()) - documents * lex_mean**2, 0.0) / max(documents - 1, 1)
+            lex_z = (lexical[i, cand.to(lexical.device)].double() - lex_mean) / max(lex_var**0.5, 1e-6)
             best_row = question_best[i : i + 1] if question_best is not None else None
             mean, std = _soft_moments(q, head, asked, best_row, calibration, stats)
             scores = (alpha * lex_z + (1 - alpha) * (scores.double()[0] - mean) / std).float()[None]
