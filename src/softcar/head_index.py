@@ -274,7 +274,7 @@ def rescore(
     and ``lexical`` are ``[n, N]`` as on the exact path. Scores equal the exact path's
     :func:`~softcar.scoring.combine` on those documents (up to float rounding).
     """
-    n, total = queries.shape[0], head.shape[0]
+    n = queries.shape[0]
     fused = calibration.hybrid_weight > 0 and lexical is not None
     values, rows = [], []
     for i in range(n):
