@@ -43,7 +43,11 @@ def local(
     clients_per_round: int = typer.Option(0, help="dp=client-level: clients sampled per round (0: all)."),
     local_parts: str = typer.Option("adapter+head", help="What local training updates: 'adapter+head' or 'head'."),
     warm_start: bool = typer.Option(False, help="Server pre-trains on the public documents (no user questions)."),
-    strategy: str = typer.Option("fedavg", help="fedavg | fedprox | fedadam."),
+    strategy: str = typer.Option("fedavg", help="fedavg | fedavgm | fedprox | fedadam."),
+    server_learning_rate: float = typer.Option(
+        0.0, help="fedavgm/fedadam server learning rate (0: Flower's default; fedavgm: ~clients per round)."
+    ),
+    server_momentum: float = typer.Option(0.0, help="fedavgm server momentum."),
     local_epochs: int = typer.Option(1),
     batch_size: int = typer.Option(32),
     max_query_length: int = typer.Option(32),
@@ -81,6 +85,8 @@ def local(
         local_parts=local_parts,
         warm_start=warm_start,
         strategy=strategy,
+        server_learning_rate=server_learning_rate,
+        server_momentum=server_momentum,
         local_epochs=local_epochs,
         batch_size=batch_size,
         max_query_length=max_query_length,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from softcar import TrainConfig
 
 Mode = Literal["adapter", "adapter+head"]
-StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+StrategyName = Literal["fedavg", "fedavgm", "fedprox", "fedadam"]
 DPMode = Literal["client", "client-level", "server", "none"]
 
 
@@ -34,7 +34,14 @@ class FedConfig(BaseModel):
     mode: Mode = Field("adapter", description="What is federated: the adapter only, or adapter + shared head.")
     strategy: StrategyName = "fedavg"
     proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight.")
-    server_learning_rate: float = Field(0.01, gt=0, description="FedAdam server-side learning rate (eta).")
+    server_learning_rate: float = Field(
+        0.0,
+        ge=0,
+        description="Server-side learning rate: FedAdam's eta, FedAvgM's step on the averaged update; "
+        "0: the strategy's default (FedAdam 0.01, FedAvgM 1.0). With a shared head and non-IID documents "
+        "FedAvgM at about the number of clients per round undoes the mean's dilution of each row's update.",
+    )
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM server momentum.")
     fraction_train: float = Field(1.0, gt=0, le=1)
     min_train_nodes: int = Field(1, ge=1)
     min_available_nodes: int = Field(

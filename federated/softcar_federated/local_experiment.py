@@ -53,6 +53,8 @@ class LocalRunSpec(BaseModel):
     iid: bool = False
     dp: str = "client"
     strategy: str = "fedavg"
+    server_learning_rate: float = 0.0
+    server_momentum: float = 0.0
     local_epochs: int = 1
     batch_size: int = 32
     max_query_length: int = 32
@@ -75,6 +77,8 @@ class LocalRunSpec(BaseModel):
             "num-server-rounds": self.rounds,
             "mode": self.mode,
             "strategy": self.strategy,
+            "server-learning-rate": self.server_learning_rate,
+            "server-momentum": self.server_momentum,
             "dp": self.dp,
             "target-epsilon": float(self.target_epsilon),
             "dataset": str(Path(self.dataset).resolve()),

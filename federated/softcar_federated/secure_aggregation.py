@@ -210,7 +210,7 @@ def run_secure_aggregation(
     check_aggregate: Callable[[ArrayRecord], None],
 ) -> dict[int, SecAggRound]:
     """Run ``num-server-rounds`` of Flower's ``DefaultWorkflow`` with ``SecAggPlusWorkflow`` as its
-    fit stage and a Flower FedAvg / FedProx / FedAdam strategy, then return the per-round audits.
+    fit stage and a Flower FedAvg / FedAvgM / FedProx / FedAdam strategy, then return the per-round audits.
 
     ``evaluate(round, arrays, audit)`` is called after each round (and for round 0) with the
     global tensors; ``check_aggregate`` validates each unmasked aggregate (keys, shapes,
@@ -218,7 +218,7 @@ def run_secure_aggregation(
     """
     from flwr.server import ServerConfig
     from flwr.server.compat import LegacyContext
-    from flwr.server.strategy import FedAdam, FedAvg, FedProx
+    from flwr.server.strategy import FedAdam, FedAvg, FedAvgM, FedProx
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
     keys = list(initial.keys())
@@ -259,8 +259,12 @@ def run_secure_aggregation(
     )
     if config.strategy == "fedprox":
         strategy: Any = FedProx(proximal_mu=config.proximal_mu, **common)
+    elif config.strategy == "fedavgm":
+        strategy = FedAvgM(
+            server_learning_rate=config.server_learning_rate or 1.0, server_momentum=config.server_momentum, **common
+        )
     elif config.strategy == "fedadam":
-        strategy = FedAdam(eta=config.server_learning_rate, **common)
+        strategy = FedAdam(eta=config.server_learning_rate or 0.01, **common)
     else:
         strategy = FedAvg(**common)
 

@@ -16,6 +16,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
+    FedAvgM,
     FedProx,
     Strategy,
 )
@@ -216,7 +217,7 @@ def client_level_plan(config: FedConfig) -> ClientLevelPlan:
 
 
 def build_strategy(config: FedConfig, spec: Spec) -> GuardedStrategy:
-    """FedAvg (default), FedProx or FedAdam from Flower, optionally inside Flower's server-side
+    """FedAvg (default), FedAvgM, FedProx or FedAdam from Flower, optionally inside Flower's server-side
     fixed-clipping central-DP wrapper, all behind the update guard."""
     client_level = config.dp == "client-level"
     plan = client_level_plan(config) if client_level else None  # refuses a bad setting first
@@ -236,8 +237,12 @@ def build_strategy(config: FedConfig, spec: Spec) -> GuardedStrategy:
         inner = FedAvg(**common)
     elif config.strategy == "fedprox":
         inner = FedProx(proximal_mu=config.proximal_mu, **common)
+    elif config.strategy == "fedavgm":
+        inner = FedAvgM(
+            server_learning_rate=config.server_learning_rate or 1.0, server_momentum=config.server_momentum, **common
+        )
     elif config.strategy == "fedadam":
-        inner = FedAdam(eta=config.server_learning_rate, **common)
+        inner = FedAdam(eta=config.server_learning_rate or 0.01, **common)
     else:  # pragma: no cover - pydantic already restricts the names
         raise ValueError(f"unknown strategy {config.strategy!r}")
     if config.dp == "server":

@@ -87,7 +87,7 @@ def test_guard_with_only_bad_updates_keeps_global():
     assert strategy.aggregate_train(1, [_reply(1, nan)]) == (None, None)
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedadam"])
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedprox", "fedadam"])
 def test_strategies_and_central_dp_build(name):
     from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 
@@ -96,6 +96,23 @@ def test_strategies_and_central_dp_build(name):
     central = build_strategy(FedConfig(strategy=name, dp="server"), spec_of(_global()))
     assert isinstance(central.strategy, DifferentialPrivacyServerSideFixedClipping)
     assert central.weight_key == "unit-weight"
+
+
+def test_fedavgm_server_learning_rate_scales_the_mean_update():
+    """Non-IID clients with a shared head each train their own rows; the mean divides each
+    row's update by the number of clients, and FedAvgM's server step of that size undoes it."""
+    start = _global()
+    mine = ArrayRecord({k: _arr(start[k].numpy() + (1.0 if i == 0 else 0.0)) for i, k in enumerate(start.keys())})
+    other = ArrayRecord({k: _arr(start[k].numpy() + (0.0 if i == 0 else 1.0)) for i, k in enumerate(start.keys())})
+    results = {}
+    for name, rate in (("fedavg", 0.0), ("fedavgm", 2.0)):
+        strategy = build_strategy(FedConfig(strategy=name, dp="none", server_learning_rate=rate), spec_of(start))
+        strategy.strategy.current_arrays = start  # what configure_train records before a round
+        arrays, _ = strategy.aggregate_train(1, [_reply(1, mine), _reply(2, other)])
+        results[name] = {k: arrays[k].numpy() - start[k].numpy() for k in start.keys()}
+    for key in start.keys():
+        np.testing.assert_allclose(results["fedavg"][key], 0.5, rtol=1e-6)  # equal weights: half each
+        np.testing.assert_allclose(results["fedavgm"][key], 1.0, rtol=1e-6)  # each client's own step, whole
 
 
 def test_central_dp_clips_each_update_to_the_norm():
