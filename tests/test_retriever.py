@@ -224,3 +224,22 @@ def test_head_anchor_limits_row_drift(tiny_bert: str, corpus: list[Document]) ->
         trained = ClassifierRetriever(tiny_bert, config=config).fit(corpus)
         drift[anchor] = float((trained.model.head.weight.detach() - rows0).norm())
     assert 0 < drift[1000.0] < drift[0.0] / 2
+
+
+def test_loading_a_new_adapter_re_embeds_the_question_rows(tiny_bert: str, corpus) -> None:
+    """Question rows live in the adapter's output space: a federated client loads the global
+    adapter with ``load_trainable_state_dict``, and its own question rows must follow it."""
+    retriever = ClassifierRetriever(tiny_bert, config=FAST.model_copy(update={"epochs": 0})).fit(corpus)
+    retriever.update([("only one thread runs bytecode", "gil")], epochs=0)
+    before = retriever.retrieve("only one thread runs bytecode", k=1)[0]
+    assert before.document.id == "gil"
+    state = retriever.trainable_state_dict()
+    moved = {k: v + 0.05 * torch.randn_like(v) if k.startswith("adapter.") else v for k, v in state.items()}
+    retriever.load_trainable_state_dict(moved)
+    fresh = ClassifierRetriever(tiny_bert, config=FAST.model_copy(update={"epochs": 0})).fit(corpus)
+    fresh.load_trainable_state_dict(moved)
+    expected = fresh.embed_queries(["only one thread runs bytecode"])
+    rows = retriever.serving_rows()
+    asked = [i for i, doc in enumerate(rows.document_ids) if doc == "gil"]
+    assert any(torch.allclose(rows.vectors[i], expected[0], atol=1e-5) for i in asked)
+    assert retriever.retrieve("only one thread runs bytecode", k=1)[0].document.id == "gil"

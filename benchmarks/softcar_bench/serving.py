@@ -240,7 +240,12 @@ def free_port() -> int:
 
 
 def measure_chroma(
-    docs: list[softcar.Document], vectors: torch.Tensor, queries: list[str], size: int, search_ef: int | None = None
+    docs: list[softcar.Document],
+    vectors: torch.Tensor,
+    queries: list[str],
+    size: int,
+    search_ef: int | None = None,
+    graph: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Push ``size`` rows into a Chroma server started here; compare top 10 with exact search."""
     import chromadb
@@ -279,7 +284,11 @@ def measure_chroma(
             collection_name="softcar",
             client=client,
             embedding_function=SoftcarEmbeddings(retriever),
-            collection_metadata={"hnsw:space": "cosine", **({"hnsw:search_ef": search_ef} if search_ef else {})},
+            collection_metadata={
+                "hnsw:space": "cosine",
+                **({"hnsw:search_ef": search_ef} if search_ef else {}),
+                **{f"hnsw:{key}": value for key, value in (graph or {}).items()},
+            },
         )
         index = SoftcarVectorIndex(retriever, store)
         start = time.perf_counter()
@@ -291,6 +300,7 @@ def measure_chroma(
             "rows": size,
             "real_rows": min(size, len(docs)),
             "hnsw_search_ef": search_ef or "chroma default",
+            "hnsw_graph": graph or "chroma default",
             "pushed_entries": pushed,
             "push_s": push_s,
             "queries": len(queries),
@@ -328,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--chroma-rows", type=int, default=57000, help="rows pushed into the Chroma server")
     parser.add_argument("--chroma-search-ef", type=int, default=None, help="Chroma's hnsw:search_ef (default: its own)")
+    parser.add_argument("--chroma-m", type=int, default=None, help="Chroma's hnsw:M graph degree (default: its own)")
+    parser.add_argument(
+        "--chroma-construction-ef", type=int, default=None, help="Chroma's hnsw:construction_ef (default: its own)"
+    )
     parser.add_argument("--chroma-only", action="store_true", help="only the Chroma server measurement")
     parser.add_argument("--no-chroma", action="store_true", help="skip the Chroma server measurement")
     parser.add_argument("--ivf-probes", type=int, default=None, help="--index-only: IVF probes (default: config's)")
@@ -380,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measured {size} rows ({kind}, {storage}): {row}", flush=True)
     chroma = None
     if not args.no_chroma:
-        chroma = measure_chroma(docs, vectors, queries, args.chroma_rows, args.chroma_search_ef)
+        graph = {
+            key: value
+            for key, value in (("M", args.chroma_m), ("construction_ef", args.chroma_construction_ef))
+            if value is not None
+        }
+        chroma = measure_chroma(docs, vectors, queries, args.chroma_rows, args.chroma_search_ef, graph)
     report = {
         "benchmark": "serving (issue #8)",
         "command": "python -m benchmarks.softcar_bench.serving " + " ".join(argv if argv is not None else sys.argv[1:]),

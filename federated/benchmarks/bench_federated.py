@@ -65,6 +65,8 @@ class Row(BaseModel):
     head_learning_rate: float = 2e-3
     strategy: str = "fedavg"
     server_learning_rate: float = 0.0
+    federated_evaluation: bool = False
+    """Also report each deployment's own serving quality (global model + its local question rows)."""
     engine: str = "deployment"
     clients_per_round: int = 0
     delta: float = 1e-5
@@ -139,6 +141,27 @@ GRIDS: dict[str, list[Row]] = {
             strategy="fedavgm",
             server_learning_rate=4.0,
             engine="simulation",
+            repeats=3,
+            **EPS8,  # type: ignore[arg-type]
+        ),
+    ],
+    # each deployment's served quality: the global model + its own question rows (never sent)
+    "served": [
+        Row(
+            label="FL no DP, FedAvgM η_s=4, served by each deployment",
+            strategy="fedavgm",
+            server_learning_rate=4.0,
+            engine="simulation",
+            federated_evaluation=True,
+        ),
+        Row(
+            label="DP-SGD ε=8 head only + warm start, FedAvgM η_s=4, served by each deployment",
+            local_parts="head",
+            warm_start=True,
+            strategy="fedavgm",
+            server_learning_rate=4.0,
+            engine="simulation",
+            federated_evaluation=True,
             repeats=3,
             **EPS8,  # type: ignore[arg-type]
         ),
@@ -291,6 +314,9 @@ def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -
             for k, v in times.items():
                 if v is not None:
                     timing[k].append(v)
+        served = [
+            run["summary"]["final_federated_eval"]["R@1"] for run in reps if run["summary"].get("final_federated_eval")
+        ]
         f_mean, f_spread = mean_spread(finals)
         entry: dict[str, Any] = {
             "dataset": dataset,
@@ -303,6 +329,7 @@ def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -
             "R@1_start": mean_spread(starts),
             "R@1_final": (f_mean, f_spread),
             "R@1_last_round": mean_spread(lasts),
+            "R@1_served_last_round": mean_spread(served),
             "MRR@10_final": mean_spread(mrrs),
             "delta_vs_centralized": None if f_mean is None else f_mean - central_final,
             "delta_vs_fl_nodp": None if f_mean is None or reference is None else f_mean - reference,
@@ -326,17 +353,19 @@ def print_table(central: dict[str, dict], rows: list[dict]) -> None:
             f"{max(p['R@1'] for p in c):.3f}) in {curve['epochs']} epochs, {c[-1]['elapsed_s']:.1f} s training"
         )
     print(
-        "\n| data | setup | n | ε (δ) | R@1 start | R@1 final (kept) | R@1 last round | MRR@10 | Δ vs central "
-        "| Δ vs FL no-DP | (a) wall s | (b) parallel s | (c) compute s | central s | speed-up a / b / c |"
+        "\n| data | setup | n | ε (δ) | R@1 start | R@1 final (kept) | R@1 last round | R@1 served | MRR@10 "
+        "| Δ vs central | Δ vs FL no-DP | (a) wall s | (b) parallel s | (c) compute s | central s "
+        "| speed-up a / b / c |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["n"]
         eps = "∞" if math.isinf(r["epsilon_spent"]) else f"{r['epsilon_spent']:.2f} ({r['delta']:g})"
         speed = " / ".join(fmt(r[f"speedup_{k}"], 2) for k in ("wall", "parallel", "compute"))
         print(
             f"| {r['dataset']} | {r['setup']} | {n} | {eps} | {pm(*r['R@1_start'], n)} | {pm(*r['R@1_final'], n)} "
-            f"| {pm(*r['R@1_last_round'], n)} | {pm(*r['MRR@10_final'], n)} | {fmt(r['delta_vs_centralized'])} "
+            f"| {pm(*r['R@1_last_round'], n)} | {pm(*r.get('R@1_served_last_round', (None, None)), n)} "
+            f"| {pm(*r['MRR@10_final'], n)} | {fmt(r['delta_vs_centralized'])} "
             f"| {fmt(r['delta_vs_fl_nodp'])} | {fmt(r['time_wall_s'], 1)} | {fmt(r['time_parallel_s'], 1)} "
             f"| {fmt(r['time_compute_s'], 1)} | {fmt(r['time_centralized_s'], 1)} | {speed} |"
         )
@@ -413,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         reps: list[dict] = []
         runs.append((row, reps))
         for _ in range(args.repeats or row.repeats):
-            extra = dict(base["extra_run_config"], **{"target-delta": row.delta})
+            extra = dict(
+                base["extra_run_config"],
+                **{"target-delta": row.delta, "federated-evaluation": row.federated_evaluation},
+            )
             spec = LocalRunSpec(
                 clients=row.clients,
                 target_epsilon=row.epsilon,

@@ -82,6 +82,11 @@ class FedConfig(BaseModel):
     local_parts: Literal["adapter+head", "head"] = Field(
         "adapter+head", description="What local training updates; 'head' freezes the adapter (fewer DP'd parameters)."
     )
+    local_question_rows: bool = Field(
+        True,
+        description="Each deployment keeps its feedback questions as question rows of its own serving "
+        "retriever (softcar's update(); never sent, not trained on, so no DP cost).",
+    )
     warm_start: bool = Field(
         False, description="Server pre-trains on its public documents' pseudo-queries (no user questions) first."
     )

@@ -114,6 +114,10 @@ class LocalDeployment:
                 pseudo_queries=config.pseudo_queries_per_document,
                 seed=config.seed,
             )
+            if config.local_question_rows and feedback:
+                # The deployment's own questions as question rows, found again at once: they stay
+                # on this node (never in an update) and training never sees them (no DP cost).
+                retriever.update(feedback, epochs=0)
         logger.info(
             "node %s: %d documents, %d feedback, %d held-out (work dir %s)",
             os.getpid(),

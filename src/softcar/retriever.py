@@ -779,6 +779,7 @@ class ClassifierRetriever(BaseRetriever):
         """Load adapter and/or head tensors, checking keys, shapes and finiteness first.
 
         With ``strict``, a part that appears at all must be complete (every adapter tensor).
+        Question rows live in the adapter's output space, so a new adapter re-embeds them.
         """
         with self._lock:
             named = self.model.trainable_parameters()
@@ -802,6 +803,8 @@ class ClassifierRetriever(BaseRetriever):
             with torch.no_grad():
                 for key, tensor in state.items():
                     named[key].copy_(tensor.to(named[key]))
+            if any(key.startswith("adapter.") for key in state):
+                self._refresh_questions()
 
     # ------------------------------------------------------------------ persistence
     def _save_state(self, folder: Path) -> dict[str, Any]:
