@@ -75,6 +75,8 @@ class Row(BaseModel):
 
 NODP = Row(label="FL no DP")
 EPS8 = dict(epsilon=8.0, dp="client")
+FEDAVGM4 = dict(strategy="fedavgm", server_learning_rate=4.0, engine="simulation")
+DP8_HEAD_WARM = dict(local_parts="head", warm_start=True, **EPS8)
 GRIDS: dict[str, list[Row]] = {
     "small": [
         NODP,
@@ -132,38 +134,19 @@ GRIDS: dict[str, list[Row]] = {
     # each document's head row a quarter of its owner's step (measured in-process first)
     "fedavgm": [
         Row(label="FL no DP, FedAvg", engine="simulation"),
-        Row(label="FL no DP, FedAvgM η_s=4", strategy="fedavgm", server_learning_rate=4.0, engine="simulation"),
-        Row(label="FL no DP, FedAvgM η_s=4 (deployment)", strategy="fedavgm", server_learning_rate=4.0),
-        Row(
-            label="DP-SGD ε=8 head only + warm start, FedAvgM η_s=4",
-            local_parts="head",
-            warm_start=True,
-            strategy="fedavgm",
-            server_learning_rate=4.0,
-            engine="simulation",
-            repeats=3,
-            **EPS8,  # type: ignore[arg-type]
-        ),
+        Row(label="FL no DP, FedAvgM η_s=4", **FEDAVGM4),  # type: ignore[arg-type]
+        Row(label="FL no DP, FedAvgM η_s=4 (deployment)", **{**FEDAVGM4, "engine": "deployment"}),  # type: ignore[arg-type]
+        Row(label="DP-SGD ε=8 head only + warm start, FedAvgM η_s=4", repeats=3, **FEDAVGM4, **DP8_HEAD_WARM),  # type: ignore[arg-type]
     ],
     # each deployment's served quality: the global model + its own question rows (never sent)
     "served": [
-        Row(
-            label="FL no DP, FedAvgM η_s=4, served by each deployment",
-            strategy="fedavgm",
-            server_learning_rate=4.0,
-            engine="simulation",
-            federated_evaluation=True,
-        ),
+        Row(label="FL no DP, FedAvgM η_s=4, served by each deployment", federated_evaluation=True, **FEDAVGM4),  # type: ignore[arg-type]
         Row(
             label="DP-SGD ε=8 head only + warm start, FedAvgM η_s=4, served by each deployment",
-            local_parts="head",
-            warm_start=True,
-            strategy="fedavgm",
-            server_learning_rate=4.0,
-            engine="simulation",
             federated_evaluation=True,
             repeats=3,
-            **EPS8,  # type: ignore[arg-type]
+            **FEDAVGM4,  # type: ignore[arg-type]
+            **DP8_HEAD_WARM,  # type: ignore[arg-type]
         ),
     ],
     # two more of each DP headline row (merged with "chatterbot": n = 3)
