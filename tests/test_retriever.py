@@ -229,6 +229,7 @@ def test_head_anchor_limits_row_drift(tiny_bert: str, corpus: list[Document]) ->
 def test_loading_a_new_adapter_re_embeds_the_question_rows(tiny_bert: str, corpus) -> None:
     """Question rows live in the adapter's output space: a federated client loads the global
     adapter with ``load_trainable_state_dict``, and its own question rows must follow it."""
+    torch.manual_seed(0)
     retriever = ClassifierRetriever(tiny_bert, config=FAST.model_copy(update={"epochs": 0})).fit(corpus)
     retriever.update([("only one thread runs bytecode", "gil")], epochs=0)
     before = retriever.retrieve("only one thread runs bytecode", k=1)[0]

@@ -137,6 +137,12 @@ class FedConfig(BaseModel):
         )
 
     @property
+    def server_step(self) -> float:
+        """The server learning rate in force: ``server_learning_rate``, or the strategy's default
+        when it is 0 (FedAdam's eta 0.01, FedAvgM 1.0)."""
+        return self.server_learning_rate or (0.01 if self.strategy == "fedadam" else 1.0)
+
+    @property
     def shared_parts(self) -> tuple[str, ...]:
         return ("adapter", "head") if self.mode == "adapter+head" else ("adapter",)
 

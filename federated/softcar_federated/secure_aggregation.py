@@ -260,11 +260,9 @@ def run_secure_aggregation(
     if config.strategy == "fedprox":
         strategy: Any = FedProx(proximal_mu=config.proximal_mu, **common)
     elif config.strategy == "fedavgm":
-        strategy = FedAvgM(
-            server_learning_rate=config.server_learning_rate or 1.0, server_momentum=config.server_momentum, **common
-        )
+        strategy = FedAvgM(server_learning_rate=config.server_step, server_momentum=config.server_momentum, **common)
     elif config.strategy == "fedadam":
-        strategy = FedAdam(eta=config.server_learning_rate or 0.01, **common)
+        strategy = FedAdam(eta=config.server_step, **common)
     else:
         strategy = FedAvg(**common)
 

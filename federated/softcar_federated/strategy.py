@@ -238,11 +238,9 @@ def build_strategy(config: FedConfig, spec: Spec) -> GuardedStrategy:
     elif config.strategy == "fedprox":
         inner = FedProx(proximal_mu=config.proximal_mu, **common)
     elif config.strategy == "fedavgm":
-        inner = FedAvgM(
-            server_learning_rate=config.server_learning_rate or 1.0, server_momentum=config.server_momentum, **common
-        )
+        inner = FedAvgM(server_learning_rate=config.server_step, server_momentum=config.server_momentum, **common)
     elif config.strategy == "fedadam":
-        inner = FedAdam(eta=config.server_learning_rate or 0.01, **common)
+        inner = FedAdam(eta=config.server_step, **common)
     else:  # pragma: no cover - pydantic already restricts the names
         raise ValueError(f"unknown strategy {config.strategy!r}")
     if config.dp == "server":
