@@ -483,8 +483,8 @@ class ClassifierRetriever(BaseRetriever):
         if self.training_kept:
             self._trained_beside_holdout = True
         else:
-            self.load_trainable_state_dict(snapshot)
-            self._questions.vectors = vectors
+            self._copy_trainable(snapshot)  # its own tensors: nothing to check, and the saved
+            self._questions.vectors = vectors  # question vectors are exact (no re-embedding)
             self._calibrate()
         return losses
 
@@ -800,11 +800,16 @@ class ClassifierRetriever(BaseRetriever):
                     )
                 if not torch.isfinite(tensor).all():
                     raise CheckpointError(f"{key}: contains NaN or Inf")
-            with torch.no_grad():
-                for key, tensor in state.items():
-                    named[key].copy_(tensor.to(named[key]))
+            self._copy_trainable(state)
             if any(key.startswith("adapter.") for key in state):
                 self._refresh_questions()
+
+    @torch.no_grad()
+    def _copy_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy already-checked tensors into the adapter / head (no question-row refresh)."""
+        named = self.model.trainable_parameters()
+        for key, tensor in state.items():
+            named[key].copy_(tensor.to(named[key]))
 
     # ------------------------------------------------------------------ persistence
     def _save_state(self, folder: Path) -> dict[str, Any]:
