@@ -160,3 +160,24 @@ def test_a_fixed_hybrid_weight_is_in_force_before_any_fit(tiny_bert: str, corpus
     vectors = retriever.embed_documents([d.text for d in corpus])
     retriever.add_embedded_documents(corpus, vectors)
     assert retriever.calibration.hybrid_weight == alpha
+
+
+@pytest.mark.parametrize("declared", [None, 1.0])
+def test_calibration_uses_the_declared_feedback_coverage(
+    tiny_bert: str, corpus: list[Document], monkeypatch: pytest.MonkeyPatch, declared: float | None
+) -> None:
+    """Feedback on 2 of the documents: calibration assumes questions spread evenly (2/N) unless
+    ``feedback_coverage`` says how many new questions are about documents with feedback."""
+    import softcar.retriever
+
+    seen: list[float] = []
+
+    def recording(*args, **kwargs) -> Calibration:  # the real calibration, its coverage noted
+        seen.append(args[2])
+        return calibrate(*args, **kwargs)
+
+    monkeypatch.setattr(softcar.retriever, "calibrate", recording)
+    scoring = ScoringConfig(feedback_coverage=declared)
+    retriever = ClassifierRetriever(tiny_bert, config=FAST, scoring=scoring).fit(corpus)
+    retriever.update(list(zip(QUESTIONS[:2], [d.id for d in corpus[:2]])), epochs=0)
+    assert seen and seen[-1] == (2 / len(corpus) if declared is None else declared)

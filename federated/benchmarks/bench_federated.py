@@ -148,6 +148,13 @@ GRIDS: dict[str, list[Row]] = {
             **FEDAVGM4,  # type: ignore[arg-type]
             **DP8_HEAD_WARM,  # type: ignore[arg-type]
         ),
+        Row(
+            label="DP-SGD ε=1 head only + warm start, FedAvgM η_s=4, served by each deployment",
+            federated_evaluation=True,
+            repeats=3,
+            **FEDAVGM4,  # type: ignore[arg-type]
+            **{**DP8_HEAD_WARM, "epsilon": 1.0},  # type: ignore[arg-type]
+        ),
     ],
     # two more of each DP headline row (merged with "chatterbot": n = 3)
     "chatterbot-repeats": [

@@ -118,6 +118,13 @@ class LocalDeployment:
                 # The deployment's own questions as question rows, found again at once: they stay
                 # on this node (never in an update) and training never sees them (no DP cost).
                 retriever.update(feedback, epochs=0)
+                if own is not None:
+                    # Its users ask about its own documents, not evenly about the whole shared
+                    # index: calibrate question rows for the share of those that have feedback.
+                    asked = {doc_id for _, doc_id in feedback} & set(own)
+                    retriever.rescore(
+                        retriever.config.scoring.model_copy(update={"feedback_coverage": len(asked) / len(own)})
+                    )
         logger.info(
             "node %s: %d documents, %d feedback, %d held-out (work dir %s)",
             os.getpid(),

@@ -94,3 +94,17 @@ def test_noise_calibration_is_kept_in_the_node_state(configs, tiny_dataset, tiny
     memo["sigma"] = 0.5  # a planted value: the next round must take it from the state, not recompute
     second = client_app.train(_train_message(arrays, 2), context).content["metrics"]
     assert second["noise-multiplier"] == pytest.approx(0.5)
+
+
+def test_question_rows_are_calibrated_for_the_deployments_own_documents(configs, tiny_dataset):
+    """A shared head indexes every deployment's documents, but this one's users ask about its
+    own: calibration is told the share of those that have feedback, not of the whole index."""
+    run_config, _, node = configs
+    config = FedConfig.from_run_config({**run_config, "mode": "adapter+head"})
+    deployment = open_deployment(config, node, 3)
+    part = partitions.partition(partitions.load_split(tiny_dataset), 2, config.iid, config.seed)[1]
+    asked = {doc_id for _, doc_id in part.feedback}
+    assert asked and deployment.own_doc_ids is not None
+    assert len(deployment.retriever.documents) > len(deployment.own_doc_ids)
+    expected = len(asked & set(part.doc_ids)) / len(part.doc_ids)
+    assert deployment.retriever.config.scoring.feedback_coverage == pytest.approx(expected)

@@ -152,6 +152,11 @@ class ScoringConfig(BaseModel):
     """Question rows score ``similarity - offset``; ``None``: calibrated (and possibly unused)."""
     max_question_rows_per_document: PositiveInt = 8
     """Cap per document: beyond it, the row most redundant with the document's others is dropped."""
+    feedback_coverage: float | None = Field(None, ge=0, le=1)
+    """Share of future questions expected to be about a document that has feedback, which sets
+    how much calibration protects documents without it; ``None``: the share of documents with
+    feedback (questions spread evenly over documents). A deployment whose users ask about its
+    own documents, inside a larger shared index, knows better (softcar-federated sets it)."""
     calibration_tolerance: float = Field(0.01, ge=0)
     """Leave-one-out R@1 that may be traded for more use of question rows (see softcar.scoring)."""
     calibration_pairs: PositiveInt = 2000

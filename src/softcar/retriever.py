@@ -546,7 +546,9 @@ class ClassifierRetriever(BaseRetriever):
         # Rewordings of known questions: perturbed copies, every row visible.
         rng = random.Random(self.config.train.seed)
         seen = self._held_out([reword(t, rng) for t in texts], labels, None, use_lexical)
-        coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0
+        coverage = scoring.feedback_coverage
+        if coverage is None:
+            coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0
         self.calibration = calibrate(
             unseen,
             seen if unseen.question_best is not None else None,
