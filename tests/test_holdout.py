@@ -96,3 +96,12 @@ def test_rescore_switches_components_without_retraining(tiny_bert: str, corpus: 
     assert off.question_offset is None and off.hybrid_weight == 0.3
     assert retriever.config.scoring.question_rows is False
     assert all(torch.equal(weights[k], v) for k, v in retriever.trainable_state_dict().items())
+
+
+def test_update_epochs_zero_in_the_config_adds_rows_without_training(tiny_bert: str, corpus: list[Document]) -> None:
+    retriever = ClassifierRetriever(tiny_bert, config=FAST.model_copy(update={"update_epochs": 0})).fit(corpus)
+    before = {k: v.clone() for k, v in retriever.trainable_state_dict().items()}
+    question = "which lock keeps threads from running bytecode together"
+    assert retriever.update([(question, "gil")]) == []  # no epoch ran
+    assert all(torch.equal(before[k], v) for k, v in retriever.trainable_state_dict().items())
+    assert retriever.retrieve(question, k=1)[0].document.id == "gil"
