@@ -156,6 +156,24 @@ GRIDS: dict[str, list[Row]] = {
             **{**DP8_HEAD_WARM, "epsilon": 1.0},  # type: ignore[arg-type]
         ),
     ],
+    # client-level (user-level) DP with many deployments per round on MiniLM: the noise on the
+    # mean shrinks with the clients per round; each deployment still serves with its own rows
+    "client-level": [
+        Row(
+            label=f"client-level DP ε=8, {n} clients, {n // 2} per round, served by each deployment",
+            clients=n,
+            clients_per_round=n // 2,
+            epsilon=8.0,
+            dp="client-level",
+            local_parts="head",
+            warm_start=True,
+            delta=1e-2,
+            max_grad_norm=0.1,
+            engine="simulation",
+            federated_evaluation=True,
+        )
+        for n in (16, 32, 64)
+    ],
     # two more of each DP headline row (merged with "chatterbot": n = 3)
     "chatterbot-repeats": [
         Row(label="DP-SGD ε=8 head only + warm start", local_parts="head", warm_start=True, repeats=2, **EPS8),  # type: ignore[arg-type]

@@ -85,7 +85,8 @@ class FedConfig(BaseModel):
     local_question_rows: bool = Field(
         True,
         description="Each deployment keeps its feedback questions as question rows of its own serving "
-        "retriever (softcar's update(); never sent, not trained on, so no DP cost).",
+        "retriever (softcar's update(), calibrated for the share of its own documents with feedback; "
+        "never sent, not trained on, so no DP cost).",
     )
     warm_start: bool = Field(
         False, description="Server pre-trains on its public documents' pseudo-queries (no user questions) first."
