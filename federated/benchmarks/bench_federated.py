@@ -77,6 +77,26 @@ NODP = Row(label="FL no DP")
 EPS8 = dict(epsilon=8.0, dp="client")
 FEDAVGM4 = dict(strategy="fedavgm", server_learning_rate=4.0, engine="simulation")
 DP8_HEAD_WARM = dict(local_parts="head", warm_start=True, **EPS8)
+
+
+def _client_level_row(n: int, repeats: int) -> Row:
+    """Client-level DP-FedAvg over ``n`` simulated MiniLM deployments, half of them per round."""
+    return Row(
+        label=f"client-level DP ε=8, {n} clients, {n // 2} per round, served by each deployment",
+        clients=n,
+        clients_per_round=n // 2,
+        epsilon=8.0,
+        dp="client-level",
+        local_parts="head",
+        warm_start=True,
+        delta=1e-2,
+        max_grad_norm=0.1,
+        engine="simulation",
+        federated_evaluation=True,
+        repeats=repeats,
+    )
+
+
 GRIDS: dict[str, list[Row]] = {
     "small": [
         NODP,
@@ -158,23 +178,9 @@ GRIDS: dict[str, list[Row]] = {
     ],
     # client-level (user-level) DP with many deployments per round on MiniLM: the noise on the
     # mean shrinks with the clients per round; each deployment still serves with its own rows
-    "client-level": [
-        Row(
-            label=f"client-level DP ε=8, {n} clients, {n // 2} per round, served by each deployment",
-            clients=n,
-            clients_per_round=n // 2,
-            epsilon=8.0,
-            dp="client-level",
-            local_parts="head",
-            warm_start=True,
-            delta=1e-2,
-            max_grad_norm=0.1,
-            engine="simulation",
-            federated_evaluation=True,
-            repeats=3 if n < 64 else 1,  # 64 deployments take 8 min a run on 2 cores
-        )
-        for n in (16, 32, 64)
-    ],
+    "client-level": [_client_level_row(n, repeats=3 if n < 64 else 1) for n in (16, 32, 64)],  # 64: 8 min a run
+    # the runs that bring "client-level" to n = 3 (merged with --from-json: the labels match)
+    "client-level-repeats": [_client_level_row(16, repeats=1), _client_level_row(64, repeats=2)],
     # two more of each DP headline row (merged with "chatterbot": n = 3)
     "chatterbot-repeats": [
         Row(label="DP-SGD ε=8 head only + warm start", local_parts="head", warm_start=True, repeats=2, **EPS8),  # type: ignore[arg-type]
