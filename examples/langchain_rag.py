@@ -158,7 +158,8 @@ def main() -> None:
             print(f"  {'':12s} answer:  {out['answer']}")
 
     # 4. Feedback: a user marks which document really answered a question softcar got wrong at
-    #    rank 1; update() fine-tunes on that pair (with replay, so the rest is not forgotten).
+    #    rank 1; update() makes that question a row of its document (no gradient step, so the
+    #    rest is not forgotten; update(..., epochs=3) would also train, with replay).
     for qid, question in test_queries.items():
         relevant = set(test_qrels[qid])
         before = softcar_retriever.invoke(question, k=1)[0].id

@@ -12,12 +12,14 @@ fusion, no question rows), softcar now, and one ablation row per component. Prin
 writes ``benchmarks/results/quality.json``.
 
     python -m benchmarks.softcar_bench.quality [--settings chatterbot-B,debian-transfer] [--epochs 2]
+        [--ablations-on chatterbot-B]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -59,9 +61,11 @@ def setting_data(name: str, debian_docs: int) -> tuple[list, list[tuple[str, str
     return data.corpus, pairs, data.reworded
 
 
-def variants(epochs: int) -> dict[str, Any]:
+def variants(epochs: int | None) -> dict[str, Any]:
     """Retriever builders: baselines, before, now, and one ablation per component."""
-    train = TrainConfig(epochs=epochs, show_progress=False)
+    train = TrainConfig(show_progress=False)
+    if epochs is not None:
+        train = train.model_copy(update={"epochs": epochs})
     return {
         "BM25": lambda: BM25Retriever(),
         "frozen inner product": lambda: InnerProductRetriever(show_progress=False),
@@ -87,13 +91,13 @@ def variants(epochs: int) -> dict[str, Any]:
     }
 
 
-ABLATIONS_ON = ("chatterbot-B", "debian-transfer")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", default="debian-transfer,chatterbot-B,faq-B,chatterbot-A,faq-A")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None, help="default: TrainConfig.epochs")
+    parser.add_argument(
+        "--ablations-on", default="all", help="comma-separated settings with ablation rows ('all': every setting)"
+    )
     parser.add_argument("--debian-docs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default="", help="Semicolon-separated retriever names to run (default: all).")
@@ -105,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     skip = {name.strip() for name in args.skip.split(";") if name.strip()}
-    for setting in args.settings.split(","):
+    settings = args.settings.split(",")
+    ablations_on = settings if args.ablations_on == "all" else args.ablations_on.split(",")
+    for setting in settings:
         corpus, pairs, (queries, qrels) = setting_data(setting, args.debian_docs)
         for name, build in variants(args.epochs).items():
-            if setting not in ABLATIONS_ON and (name.startswith("  ") or "untrained" in name):
+            if setting not in ablations_on and (name.startswith("  ") or "untrained" in name):
                 continue
             if f"{setting}:{name.strip()}" in skip or (args.only and name.strip() not in args.only.split(";")):
                 continue
@@ -134,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(
                 args.out,
                 {
-                    "epochs": args.epochs,
+                    "epochs": args.epochs or TrainConfig().epochs,
+                    "load_average": os.getloadavg(),
                     "debian_docs": args.debian_docs,
                     "rows": rows,
                     "wall_s": time.perf_counter() - started,

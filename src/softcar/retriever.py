@@ -622,16 +622,18 @@ class ClassifierRetriever(BaseRetriever):
         self._sync_index()
 
     def update(self, queries: Iterable[TrainingPair], *, epochs: int | None = None) -> list[float]:
-        """Online fine-tuning from feedback ``(query_text, doc_id)`` pairs.
+        """Learn from feedback ``(query_text, doc_id)`` pairs, online.
 
-        Each question becomes a question row of its document at once (found again before any
-        gradient step), then adapter and head train on the pairs mixed with replayed
-        pseudo-queries and earlier feedback (``update_replay`` per pair) so the rest of the
-        corpus is not forgotten. When ``fit`` held pairs out, the update is kept only if it does
-        not lower R@1 on them (else adapter and head roll back; the question rows stay), and the
-        scoring is re-calibrated on them; otherwise on all feedback. Feedback about a held-out
-        document takes it out of the held-out set. ``epochs`` defaults to
-        ``TrainConfig.update_epochs``; ``epochs=0`` skips training. Returns the loss per epoch.
+        Each question becomes a question row of its document at once (found again without any
+        gradient step) and the scoring is re-calibrated: with the default
+        ``TrainConfig.update_epochs=0`` that is all (measured: training per update gained
+        nothing and could forget). With ``epochs`` > 0 adapter and head also train on the pairs
+        mixed with replayed pseudo-queries and earlier feedback (``update_replay`` per pair) so
+        the rest of the corpus is not forgotten; when ``fit`` held pairs out, that training is
+        kept only if it does not lower R@1 on them (else adapter and head roll back; the
+        question rows stay). Calibration uses the held-out pairs when there are any, else all
+        feedback. Feedback about a held-out document takes it out of the held-out set.
+        Returns the loss per epoch (empty when nothing trained).
         """
         with self._lock:
             require_fitted(self._documents, "ClassifierRetriever")

@@ -135,10 +135,11 @@ class ClassifierRetriever(BaseRetriever):
         return self.retriever.add_documents([_record(doc) for doc in documents])
 
     def update(self, feedback: Feedback, **kwargs: Any) -> Any:
-        """Fine-tune from ``(question, doc)`` feedback, ``doc`` a softcar id or a ``Document`` returned here.
+        """Learn from ``(question, doc)`` feedback, ``doc`` a softcar id or a ``Document`` returned here.
 
         Only retrievers that learn (``softcar.ClassifierRetriever``) support it; ``kwargs`` go to
-        their ``update`` (e.g. ``epochs=``). Returns what the core returns (losses per epoch).
+        their ``update`` (e.g. ``epochs=3`` to train as well as add question rows). Returns what the
+        core returns (losses per epoch).
         """
         if not callable(getattr(self.retriever, "update", None)):
             raise NotImplementedError(f"{type(self.retriever).__name__} does not learn from feedback")

@@ -217,10 +217,11 @@ class ClassifierRetriever(BaseRetriever):
         return self._retriever.add_documents([_record(node) for node in nodes])
 
     def update(self, feedback: Iterable[tuple[str, FeedbackDoc]], **kwargs: Any) -> Any:
-        """Fine-tune from ``(question, node)`` feedback (node id, node or ``NodeWithScore``).
+        """Learn from ``(question, node)`` feedback (node id, node or ``NodeWithScore``).
 
         Only retrievers that learn (``softcar.ClassifierRetriever``) support it; ``kwargs`` go to
-        their ``update`` (e.g. ``epochs=``). Returns the core's result (losses per epoch).
+        their ``update`` (e.g. ``epochs=3`` to train as well as add question rows). Returns the
+        core's result (losses per epoch).
         """
         if not callable(getattr(self._retriever, "update", None)):
             raise NotImplementedError(f"{type(self._retriever).__name__} does not learn from feedback")
