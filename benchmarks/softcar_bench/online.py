@@ -37,6 +37,14 @@ from softcar import (
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "online.json"
 
 
+def _evaluation_split(pairs: list[tuple[str, str]], prefix: str) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """``(queries, qrels)`` for :func:`softcar.evaluate` from ``(question, doc id)`` pairs."""
+    return (
+        {f"{prefix}{i}": text for i, (text, _) in enumerate(pairs)},
+        {f"{prefix}{i}": {doc: 1} for i, (_, doc) in enumerate(pairs)},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=100)
@@ -61,11 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     # the other wording of each feedback question: does what was learnt carry to it?
     asked = {d for _, d in feedback}
     other_wording = [(t, d) for t, d in ds.training_pairs("train") if d in asked]
-    wording_q = {f"w{i}": t for i, (t, _) in enumerate(other_wording)}
-    wording_qrels = {f"w{i}": {d: 1} for i, (_, d) in enumerate(other_wording)}
+    wording_q, wording_qrels = _evaluation_split(other_wording, "w")
     test = [(t, d) for t, d in reworded if d in others]
-    queries = {f"q{i}": t for i, (t, _) in enumerate(test)}
-    qrels = {f"q{i}": {d: 1} for i, (_, d) in enumerate(test)}
+    queries, qrels = _evaluation_split(test, "q")
     summary: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     configs = {

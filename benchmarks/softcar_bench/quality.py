@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="debian-transfer,chatterbot-B,faq-B,chatterbot-A,faq-A")
     parser.add_argument("--epochs", type=int, default=None, help="default: TrainConfig.epochs")
     parser.add_argument(
-        "--ablations-on", default="all", help="comma-separated settings with ablation rows ('all': every setting)"
+        "--ablations-on",
+        default="all",
+        help="comma-separated settings with ablation rows ('all': every setting; 'none': no setting)",
     )
     parser.add_argument("--debian-docs", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json(
                 args.out,
                 {
-                    "epochs": args.epochs or TrainConfig().epochs,
+                    "epochs": TrainConfig().epochs if args.epochs is None else args.epochs,
                     "load_average": os.getloadavg(),
                     "debian_docs": args.debian_docs,
                     "rows": rows,

@@ -641,15 +641,17 @@ class ClassifierRetriever(BaseRetriever):
             if not pairs:
                 return []
             cfg = self.config.train
-            count = max(len(pairs) * cfg.update_replay, cfg.batch_size)
-            replay = replay_examples(
-                self._documents, self._trainable_feedback(), count, cfg, cfg.seed + len(self._feedback)
-            )
+            epochs = cfg.update_epochs if epochs is None else epochs
+            replay: list[Example] = []
+            if epochs > 0:  # replay (spans over every document) only feeds training
+                count = max(len(pairs) * cfg.update_replay, cfg.batch_size)
+                replay = replay_examples(
+                    self._documents, self._trainable_feedback(), count, cfg, cfg.seed + len(self._feedback)
+                )
             self._feedback.extend(pairs)
             asked = {row for _, row in pairs}
             self._holdout = [pair for pair in self._holdout if pair[1] not in asked]
             self._remember_questions(pairs)
-            epochs = cfg.update_epochs if epochs is None else epochs
             losses = self._guarded_train(pairs * cfg.labelled_repeats + replay, epochs, "update")
             self._sync_index()
             return losses
