@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from softcar import ClassifierRetriever, Document, ScoringConfig, TrainConfig
 from softcar.errors import CorruptCheckpointError
 from softcar.question_rows import QuestionRows
-from softcar.scoring import Calibration, HeldOut, calibrate, combine, zscore
+from softcar.scoring import REWORD_DROP, REWORD_LEXICAL_DROP, Calibration, HeldOut, calibrate, combine, reword, zscore
 from tests.conftest import FAST
 from tests.test_retriever import QUESTIONS, ranking
 
@@ -100,6 +101,42 @@ def test_calibration_uses_rows_when_every_document_has_feedback() -> None:
     hidden = torch.full((4, 4), float("-inf"))  # leave-one-out: nothing left
     chosen = calibrate(HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels), coverage=1.0)
     assert chosen.question_offset is not None and chosen.expected_recall == 1.0
+
+
+def test_at_full_coverage_leave_one_out_does_not_pick_the_hybrid_weight() -> None:
+    """Rows find every rewording whatever α; leave-one-out prefers BM25. With every document
+    labelled it describes documents that do not exist, so α stays at the prior; with documents
+    left unlabelled it decides (python-faq B lost 13 points R@1 to α 0.4 chosen this way)."""
+    n = 6
+    labels = torch.arange(n)
+    wrong = 0.5 * torch.roll(torch.eye(n), 1, dims=1) + 0.45 * torch.roll(torch.eye(n), 2, dims=1)
+    own_rows = torch.full((n, n), float("-inf"))
+    own_rows[labels, labels] = 0.9
+    hidden = torch.full((n, n), float("-inf"))
+    unseen = HeldOut(wrong, hidden, torch.eye(n), labels)  # only BM25 finds documents without rows
+    seen = HeldOut(wrong, own_rows, torch.zeros(n, n), labels)  # rewordings share no words
+    everyone = calibrate(unseen, seen, coverage=1.0, prior_hybrid_weight=0.1)
+    assert everyone.hybrid_weight == 0.1 and everyone.question_offset is not None
+    half = calibrate(unseen, seen, coverage=0.5, prior_hybrid_weight=0.1)
+    assert half.hybrid_weight > 0.1 and half.unseen_recall == 1.0
+
+
+def test_several_rewordings_of_a_question_count_as_a_share_of_that_question() -> None:
+    labels = torch.tensor([0, 1])
+    soft = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # copy 1 then copy 2
+    view = HeldOut(soft, None, None, labels.repeat(2), copies=2)
+    assert view.hits(Calibration()).tolist() == [1.0, 0.5]
+
+
+def test_the_lexical_side_of_a_simulated_rewording_keeps_fewer_words() -> None:
+    """Real rewordings keep about 45 % of the words; the soft side keeps about three quarters."""
+    question = "how do i make a python package installable with pip from a local folder"
+    rng = random.Random(0)
+
+    def kept(drop: float) -> float:
+        return sum(len(reword(question, rng, drop).split()) for _ in range(200)) / 200 / len(question.split())
+
+    assert 0.7 < kept(REWORD_DROP) < 0.8 and 0.4 < kept(REWORD_LEXICAL_DROP) < 0.5
 
 
 def test_zscore_and_combine_without_extras() -> None:

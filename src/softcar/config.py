@@ -166,6 +166,9 @@ class ScoringConfig(BaseModel):
     """Leave-one-out R@1 that may be traded for more use of question rows (see softcar.scoring)."""
     calibration_pairs: PositiveInt = 2000
     """At most this many (most recent) pairs are used to calibrate."""
+    calibration_rewordings: PositiveInt = 512
+    """Simulated rewordings of known questions calibration scores, at least one and at most 8
+    per pair: with a few dozen pairs a single draw each chose settings by chance."""
     ann_threshold: PositiveInt = 50_000
     """At this many head rows or more, retrieval goes through an ANN index over the head rows
     (``softcar.head_index``: faiss) whose candidates are re-scored exactly; below it, the exact

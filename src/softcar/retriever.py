@@ -30,7 +30,17 @@ from softcar.query_generation import QueryGenerator, generate_questions
 from softcar.question_rows import QuestionRows
 from softcar.regularizers import HeadAnchor, SparseHeadAnchor
 from softcar.sampled_softmax import ExactMiner, HardNegativeMiner, SampledSoftmaxLoss
-from softcar.scoring import HYBRID_GRID, OFFSET_GRID, Calibration, HeldOut, calibrate, combine, reword
+from softcar.scoring import (
+    HYBRID_GRID,
+    MAX_REWORDINGS_PER_QUESTION,
+    OFFSET_GRID,
+    REWORD_LEXICAL_DROP,
+    Calibration,
+    HeldOut,
+    calibrate,
+    combine,
+    reword,
+)
 from softcar.sparse_adam import RowSparseAdam
 from softcar.trainer import LossFn, ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
 from softcar.training_checkpoint import Checkpointer, check_identity, digest, exists, restore
@@ -543,9 +553,17 @@ class ClassifierRetriever(BaseRetriever):
         texts = [text for text, _ in pairs]
         own = {(t, int(r)): i for i, (t, r) in enumerate(zip(self._questions.texts, self._questions.rows.tolist()))}
         unseen = self._held_out(texts, labels, [own.get(pair, -1) for pair in pairs], use_lexical)
-        # Rewordings of known questions: perturbed copies, every row visible.
+        # Rewordings of known questions: perturbed copies, every row visible; the lexical side
+        # loses more words than the soft side (softcar.scoring: a rewording keeps the meaning).
+        # Several draws per question when there are few: one draw is too noisy to choose by.
+        copies = min(MAX_REWORDINGS_PER_QUESTION, -(-scoring.calibration_rewordings // len(texts)))
         rng = random.Random(self.config.train.seed)
-        seen = self._held_out([reword(t, rng) for t in texts], labels, None, use_lexical)
+        reworded = [reword(t, rng) for _ in range(copies) for t in texts]
+        lexical = [reword(t, rng, REWORD_LEXICAL_DROP) for _ in range(copies) for t in texts]
+        seen = self._held_out(reworded, labels.repeat(copies), None, False)
+        seen.copies = copies
+        if use_lexical:
+            seen.lexical = self._lexical.score_all(lexical)
         coverage = scoring.feedback_coverage
         if coverage is None:
             coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0
