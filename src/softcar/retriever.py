@@ -559,11 +559,12 @@ class ClassifierRetriever(BaseRetriever):
         copies = min(MAX_REWORDINGS_PER_QUESTION, -(-scoring.calibration_rewordings // len(texts)))
         rng = random.Random(self.config.train.seed)
         reworded = [reword(t, rng) for _ in range(copies) for t in texts]
-        lexical = [reword(t, rng, REWORD_LEXICAL_DROP) for _ in range(copies) for t in texts]
         seen = self._held_out(reworded, labels.repeat(copies), None, False)
         seen.copies = copies
         if use_lexical:
-            seen.lexical = self._lexical.score_all(lexical)
+            seen.lexical = self._lexical.score_all(
+                [reword(t, rng, REWORD_LEXICAL_DROP) for _ in range(copies) for t in texts]
+            )
         coverage = scoring.feedback_coverage
         if coverage is None:
             coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0

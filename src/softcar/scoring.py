@@ -166,8 +166,9 @@ def calibrate(
     # Do no harm to documents without feedback: rows may only be used where they keep the
     # leave-one-out R@1 within tolerance of the best setting that does not use them. Where
     # (almost) every document has feedback there are no such documents to protect.
+    protect = 1 - coverage > tolerance  # documents without feedback exist
     without_rows = [u for (_, offset), (_, u) in scored.items() if offset is None]
-    if without_rows and 1 - coverage > tolerance:
+    if without_rows and protect:
         floor = max(without_rows) - tolerance
         scored = {key: value for key, value in scored.items() if key[1] is None or value[1] >= floor}
     # Evidence before change: a setting other than the prior one (the no-feedback hybrid weight,
@@ -187,8 +188,6 @@ def calibrate(
         scored = {key: value for key, value in scored.items() if key == prior or convincing(value[0])}
     results = [(float(per_question.mean()), u, alpha, offset) for (alpha, offset), (per_question, u) in scored.items()]
     best = max(r[0] for r in results)
-
-    protect = 1 - coverage > tolerance  # documents without feedback exist
 
     def preference(r: tuple[float, float, float, float | None]) -> tuple[float, float, float]:
         return r[1] if protect else 0.0, -abs(r[2] - prior_hybrid_weight), float("inf") if r[3] is None else r[3]
