@@ -68,6 +68,8 @@ class Row(BaseModel):
     federated_evaluation: bool = False
     """Also report each deployment's own serving quality (global model + its local question rows)."""
     engine: str = "deployment"
+    node_workers: bool = False
+    """deployment engine: a long-lived worker per SuperNode (``softcar-fed worker``)."""
     clients_per_round: int = 0
     delta: float = 1e-5
     repeats: int = 1
@@ -157,6 +159,17 @@ GRIDS: dict[str, list[Row]] = {
         Row(label="FL no DP, FedAvgM η_s=4", **FEDAVGM4),  # type: ignore[arg-type]
         Row(label="FL no DP, FedAvgM η_s=4 (deployment)", **{**FEDAVGM4, "engine": "deployment"}),  # type: ignore[arg-type]
         Row(label="DP-SGD ε=8 head only + warm start, FedAvgM η_s=4", repeats=3, **FEDAVGM4, **DP8_HEAD_WARM),  # type: ignore[arg-type]
+    ],
+    # per-round overhead in deployment mode: a fresh ClientApp process per message, with and
+    # without a long-lived worker per SuperNode; the simulation engine (long-lived actors) beside
+    "workers": [
+        Row(label="FL no DP, FedAvgM η_s=4 (simulation)", **FEDAVGM4),  # type: ignore[arg-type]
+        Row(label="FL no DP, FedAvgM η_s=4 (deployment)", **{**FEDAVGM4, "engine": "deployment"}),  # type: ignore[arg-type]
+        Row(
+            label="FL no DP, FedAvgM η_s=4 (deployment + node workers)",
+            node_workers=True,
+            **{**FEDAVGM4, "engine": "deployment"},  # type: ignore[arg-type]
+        ),
     ],
     # each deployment's served quality: the global model + its own question rows (never sent)
     "served": [
@@ -474,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                 strategy=row.strategy,
                 server_learning_rate=row.server_learning_rate,
                 clients_per_round=row.clients_per_round,
+                node_workers=row.node_workers,
                 **{**base, "extra_run_config": extra},
             )
             try:

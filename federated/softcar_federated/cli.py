@@ -56,6 +56,9 @@ def local(
     secagg: bool = typer.Option(
         False, "--secagg", help="Flower SecAgg+: the server sees only the sum of updates (>= 2 clients per round)."
     ),
+    node_workers: bool = typer.Option(
+        False, "--node-workers", help="A long-lived worker per SuperNode keeps its retriever loaded across rounds."
+    ),
     work_dir: Path | None = typer.Option(None, help="Keep logs/outputs here (default: a temp dir)."),
     timeout: float = typer.Option(1800.0, help="Give up (and stop everything) after this many seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON summary."),
@@ -92,6 +95,7 @@ def local(
         max_query_length=max_query_length,
         pseudo_queries_per_document=pseudo_queries,
         centralized=centralized,
+        node_workers=node_workers,
         work_dir=str(work_dir) if work_dir else None,
         timeout=timeout,
         extra_run_config={"secure-aggregation": True} if secagg else {},
@@ -116,6 +120,27 @@ def local(
             err=True,
         )
     typer.echo(json.dumps(jsonable(summary)))
+
+
+@app.command()
+def worker(
+    socket_path: Path = typer.Option(..., "--socket", help="Unix-domain socket to listen on (node config worker=...)."),
+    verbose: bool = typer.Option(False, "-v", help="Log each answered message to stderr."),
+) -> None:
+    """Keep this SuperNode's retriever loaded across rounds: answer its training and evaluation
+    messages from one long-lived process (start it before the SuperNode; Ctrl-C stops it)."""
+    from softcar_federated.node_worker import NodeWorkerError, serve
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        serve(socket_path, stop=stop.is_set)
+    except NodeWorkerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -11,7 +11,9 @@ never reach the handler.
 
 Why the imports are inside the handlers: in deployment mode Flower 1.41 starts a fresh ClientApp
 process for every message; loading this module must not import torch/transformers for messages
-that do not train (three of SecAgg+'s four stages).
+that do not train (three of SecAgg+'s four stages). With node config ``worker=<socket>`` the
+training and evaluation messages do not import them either: a long-lived worker beside the
+SuperNode runs these same handlers with the retriever already loaded (``node_worker``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from softcar_federated import secure_aggregation
+from softcar_federated import node_worker, secure_aggregation
 from softcar_federated.message_audit import audit_log_mod
 from softcar_federated.update_clipping import client_level_clipping_mod
 
@@ -117,6 +119,9 @@ def _poison(state: dict[str, torch.Tensor], how: str) -> dict[str, torch.Tensor]
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One round of local DP-SGD; replies with shared tensors and cumulative (ε, δ)."""
+    worker = node_worker.worker_socket(context)
+    if worker is not None:  # the node's long-lived worker has everything loaded already
+        return node_worker.delegate("train", msg, context, worker)
     from softcar_federated.config import FedConfig, NodeConfig
     from softcar_federated.deployment import forget_deployment
 
@@ -231,6 +236,9 @@ def _train(msg: Message, context: Context, config: FedConfig, node: NodeConfig, 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Quality of the global tensors combined with this deployment's own head, on its held-out queries."""
+    worker = node_worker.worker_socket(context)
+    if worker is not None:
+        return node_worker.delegate("evaluate", msg, context, worker)
     from softcar_federated import partitions
     from softcar_federated.config import FedConfig, NodeConfig
     from softcar_federated.deployment import open_deployment

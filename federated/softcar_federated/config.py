@@ -175,6 +175,9 @@ class NodeConfig(BaseModel):
     poison: str | None = Field(None, description="Test hook: 'nan' | 'shape' | 'keys' corrupts every update.")
     crash_at_round: int | None = Field(None, description="Test hook: raise inside train at this round.")
     audit_log: str | None = Field(None, description="Folder: the wire bytes of every reply this node sends.")
+    worker: str | None = Field(
+        None, description="Socket of this node's long-lived worker (`softcar-fed worker`): training runs there."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> NodeConfig:

@@ -68,6 +68,8 @@ class LocalRunSpec(BaseModel):
     round_timeout: float = 300.0
     timeout: float = 1800.0
     centralized: bool = True
+    node_workers: bool = False
+    """A long-lived worker beside each SuperNode keeps its retriever loaded across rounds."""
     work_dir: str | None = None
     extra_run_config: dict[str, Any] = Field(default_factory=dict)
 
@@ -227,7 +229,9 @@ def run_local(spec: LocalRunSpec) -> dict[str, Any]:
         fed.start_superlink()
         for i in range(spec.clients):
             fed.start_node(
-                i, {"partition-id": i, "num-partitions": spec.clients, "work-dir": str(output_dir / f"node-{i}")}
+                i,
+                {"partition-id": i, "num-partitions": spec.clients, "work-dir": str(output_dir / f"node-{i}")},
+                worker=spec.node_workers,
             )
         run = fed.run(spec.run_config(output_dir))
         killed: dict[str, Any] | None = None

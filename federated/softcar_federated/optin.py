@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ except ImportError:  # Python 3.10
 from pydantic import BaseModel, ConfigDict, Field
 
 from softcar import ClassifierRetriever
+from softcar_federated.node_worker import NodeWorkerError, check_socket_path, is_listening
 from softcar_federated.supervisor import ManagedProcess, config_string, flower_executable, free_port
 
 
@@ -40,6 +42,11 @@ class FederationConfig(BaseModel):
     root_certificates: str | None = Field(None, description="CA PEM that signed the SuperLink's certificate.")
     auth_private_key: str | None = Field(None, description="SuperNode private key (SuperNode authentication).")
     runtime_port: int | None = Field(None, description="Local port of the SuperNode's runtime API; None picks one.")
+    worker_socket: str | None = Field(
+        None,
+        description="Start a long-lived worker on this Unix-domain socket beside the SuperNode, so the "
+        "retriever stays loaded across rounds (softcar_federated.node_worker).",
+    )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> FederationConfig:
@@ -51,13 +58,16 @@ class FederationConfig(BaseModel):
 
 @dataclass
 class Membership:
-    """A running SuperNode for this deployment; :meth:`leave` stops it (and its ClientApps)."""
+    """A running SuperNode for this deployment; :meth:`leave` stops it (and its ClientApps and worker)."""
 
     process: ManagedProcess
     config: FederationConfig
+    worker: ManagedProcess | None = None
 
     def leave(self) -> None:
         self.process.stop()
+        if self.worker is not None:
+            self.worker.stop()
 
     def federated_retriever(self) -> ClassifierRetriever | None:
         """The retriever as this deployment last trained it in the federation (None before)."""
@@ -78,6 +88,8 @@ def supernode_command(config: FederationConfig) -> list[str]:
         node_config["feedback"] = str(Path(config.feedback).resolve())
     if config.heldout:
         node_config["heldout"] = str(Path(config.heldout).resolve())
+    if config.worker_socket:
+        node_config["worker"] = str(Path(config.worker_socket).resolve())
     command = [
         flower_executable("flower-supernode"),
         "--superlink",
@@ -109,9 +121,28 @@ def join(
     log = Path(log_path) if log_path else Path(config.work_dir) / "supernode.log"
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", HF_HUB_OFFLINE="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    worker = _start_worker(config, env) if config.worker_socket else None
     handle = open(log, "ab")  # noqa: SIM115
     process = subprocess.Popen(
         supernode_command(config), stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
     handle.close()
-    return Membership(ManagedProcess("supernode", process, log), config)
+    return Membership(ManagedProcess("supernode", process, log), config, worker)
+
+
+def _start_worker(config: FederationConfig, env: dict[str, str], timeout: float = 180.0) -> ManagedProcess:
+    """``softcar-fed worker`` on ``config.worker_socket``, once it listens (it imports the training stack first)."""
+    path = check_socket_path(Path(config.worker_socket or "").resolve())
+    log = Path(config.work_dir) / "worker.log"
+    handle = open(log, "ab")  # noqa: SIM115
+    command = [sys.executable, "-m", "softcar_federated.cli", "worker", "--socket", str(path), "-v"]
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    handle.close()
+    worker = ManagedProcess("worker", process, log)
+    deadline = time.monotonic() + timeout
+    while not is_listening(path):
+        if process.poll() is not None or time.monotonic() > deadline:
+            worker.stop(kill=True)
+            raise NodeWorkerError(f"the worker for {path} did not start listening; see {log}")
+        time.sleep(0.2)
+    return worker

@@ -28,6 +28,8 @@ from typing import Any
 
 import psutil
 
+from softcar_federated.node_worker import is_listening
+
 logger = logging.getLogger(__name__)
 
 CONNECTION = "softcar-local"
@@ -158,6 +160,9 @@ class LocalFederation:
         self.nodes: dict[int, ManagedProcess] = {}
         self.node_configs: dict[int, dict[str, Any]] = {}
         self.node_keys: dict[int, Path] = {}
+        self.workers: dict[int, ManagedProcess] = {}
+        self.worker_sockets: dict[int, Path] = {}
+        self._socket_dir: tempfile.TemporaryDirectory[str] | None = None
         self.runs: list[ManagedProcess] = []
         self._starts = 0
 
@@ -288,10 +293,35 @@ class LocalFederation:
             raise LaunchError(f"flwr supernode register failed: {result.stdout}\n{result.stderr}")
         self.node_keys[index] = private_key
 
-    def start_node(self, index: int, node_config: dict[str, Any] | None = None) -> ManagedProcess:
-        """Start (or restart) SuperNode ``index``; a restart reuses its node config and work dir."""
+    def start_worker(self, index: int) -> Path:
+        """Start (or restart) node ``index``'s long-lived worker (``softcar-fed worker``) and wait
+        until it listens; returns its socket, for the node config's ``worker``."""
+        if self._socket_dir is None:  # short: a Unix-domain socket path has ~100 bytes at most
+            self._socket_dir = tempfile.TemporaryDirectory(prefix="softcar-w-")
+        path = self.worker_sockets.setdefault(index, Path(self._socket_dir.name) / f"node-{index}.sock")
+        command = [sys.executable, "-m", "softcar_federated.cli", "worker", "--socket", str(path), "-v"]
+        process = self._spawn(f"worker-{index}", command)
+        self.workers[index] = process
+
+        def listening() -> bool:
+            if process.process.poll() is not None:
+                raise LaunchError(f"worker {index} exited ({process.process.returncode}):\n{self.tail(process)}")
+            return is_listening(path)
+
+        wait_for(listening, self.startup_timeout * 3, what=f"worker {index} to listen on {path}")
+        return path
+
+    def start_node(
+        self, index: int, node_config: dict[str, Any] | None = None, *, worker: bool = False
+    ) -> ManagedProcess:
+        """Start (or restart) SuperNode ``index``; a restart reuses its node config and work dir,
+        and its worker: ``worker`` starts one beside it first (its retriever then stays loaded
+        across rounds; ``softcar_federated.node_worker``)."""
         if node_config is not None:
             self.node_configs[index] = dict(node_config)
+        if worker or index in self.worker_sockets:
+            if index not in self.workers or self.workers[index].process.poll() is not None:
+                self.node_configs[index]["worker"] = str(self.start_worker(index))
         command = [
             flower_executable("flower-supernode"),
             "--superlink",
@@ -314,9 +344,11 @@ class LocalFederation:
         return process
 
     def kill_node(self, index: int) -> None:
-        """SIGKILL a SuperNode and its ClientApp: a crash, not a clean shutdown."""
+        """SIGKILL a SuperNode and its ClientApp (and its worker): a crash, not a clean shutdown."""
         node = self.nodes[index]
         node.stop(kill=True)
+        if index in self.workers:
+            self.workers[index].stop(kill=True)
         logger.info("killed supernode %d (pid %d)", index, node.process.pid)
 
     def connected_nodes(self) -> int:
@@ -347,16 +379,18 @@ class LocalFederation:
 
     def stop(self) -> None:
         """Stop runs, SuperNodes, then the SuperLink (which stops its SuperExec and ServerApp)."""
-        for managed in [*self.runs, *self.nodes.values()]:
+        for managed in [*self.runs, *self.nodes.values(), *self.workers.values()]:
             managed.refresh_descendants()
         if self.superlink:
             self.superlink.refresh_descendants()
         for managed in self.runs:
             managed.stop(kill=True)
-        for managed in self.nodes.values():
+        for managed in [*self.nodes.values(), *self.workers.values()]:
             managed.stop()
         if self.superlink is not None:
             self.superlink.stop()
+        if self._socket_dir is not None:
+            self._socket_dir.cleanup()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -369,7 +403,8 @@ class LocalFederation:
     def all_pids(self) -> list[int]:
         """Every pid this federation started or saw as a descendant (for leak checks)."""
         pids: set[int] = set()
-        for managed in [*self.runs, *self.nodes.values(), *([self.superlink] if self.superlink else [])]:
+        managed_processes = [*self.runs, *self.nodes.values(), *self.workers.values()]
+        for managed in [*managed_processes, *([self.superlink] if self.superlink else [])]:
             pids.add(managed.process.pid)
             pids.update(managed.descendants)
         return sorted(pids)

@@ -124,6 +124,50 @@ def test_tls_auth_and_poisoned_update(tiny_encoder, tiny_dataset, tmp_path, tls_
     assert [p for p in pids if is_alive(p)] == []
 
 
+def test_node_workers_keep_the_retriever_loaded_across_rounds(tiny_encoder, tiny_dataset, tmp_path):
+    """Real SuperNodes, each with a long-lived ``softcar-fed worker`` beside it: every training
+    and evaluation message is answered by the worker (one process for all rounds), DP ε still
+    accumulates across rounds, and the ClientApp's mods still run (the audit log is written)."""
+    output = tmp_path / "out"
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        for i in range(2):
+            node = {"partition-id": i, "num-partitions": 2, "audit-log": str(tmp_path / f"audit-{i}")}
+            fed.start_node(i, node, worker=True)
+        assert all(fed.node_configs[i]["worker"] == str(fed.worker_sockets[i]) for i in range(2))
+        run = fed.run(
+            {
+                "num-server-rounds": 2,
+                "encoder": tiny_encoder,
+                "dataset": str(tiny_dataset),
+                "output-dir": str(output),
+                "min-train-nodes": 2,
+                "min-available-nodes": 2,
+                "batch-size": 8,
+                "max-query-length": 16,
+                "target-epsilon": 8.0,
+                "federated-evaluation": True,
+                "round-timeout": 120.0,
+            }
+        )
+        run.process.wait(timeout=300)
+        assert run.process.returncode == 0, fed.tail(run)
+        wait_for(lambda: (output / "server" / "summary.json").is_file(), 60, what="summary")
+        worker_pids = [fed.workers[i].process.pid for i in range(2)]
+        assert all(is_alive(pid) for pid in worker_pids)  # the same worker served every round
+        pids = fed.all_pids()
+    rounds = {r["round"]: r for r in read_rounds(output)}
+    assert [len(rounds[k]["accepted"]) for k in (1, 2)] == [2, 2]
+    assert 0 < rounds[1]["epsilon"] < rounds[2]["epsilon"] <= 8.0 + 1e-6  # the ledger came back each round
+    for i in range(2):
+        log = next(fed.logs.glob(f"worker-{i}-*.log")).read_text(errors="replace")
+        assert log.count("training stack imported") == 1
+        assert log.count("answered a train message") == 2 and log.count("answered a evaluate message") >= 2
+        assert len(list((tmp_path / f"audit-{i}").glob("*.bin"))) >= 4  # 2 train + 2 evaluate replies
+    time.sleep(1.0)
+    assert [p for p in pids if is_alive(p)] == []
+
+
 def test_unregistered_supernode_is_refused(tls_files, supernode_keys, tmp_path):
     """With --enable-supernode-auth only SuperNodes whose public key was registered connect."""
     from cryptography.hazmat.primitives import serialization
@@ -174,8 +218,10 @@ def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, t
                 insecure=True,
                 feedback=str(tmp_path / "feedback.jsonl"),
                 work_dir=str(tmp_path / "work"),
+                worker_socket=str(fed.work_dir / "w.sock"),  # the retriever stays loaded in a worker
             )
         )
+        assert membership.worker is not None
         try:
             run = fed.run(
                 {
@@ -195,8 +241,10 @@ def test_opt_in_deployment_joins_and_leaves_checkpoint_untouched(tiny_encoder, t
         finally:
             membership.leave()
         assert not is_alive(membership.process.process.pid)
+        assert not is_alive(membership.worker.process.pid)
     rounds = read_rounds(output)
     assert len(rounds[-1]["accepted"]) == 1
+    assert "answered a train message" in (tmp_path / "work" / "worker.log").read_text(errors="replace")
     assert digest() == before  # leaving the federation leaves the local retriever untouched
     assert federated_retriever(tmp_path / "work") is not None
 
