@@ -69,7 +69,8 @@ class Row(BaseModel):
     """Also report each deployment's own serving quality (global model + its local question rows)."""
     engine: str = "deployment"
     node_workers: bool = False
-    """deployment engine: a long-lived worker per SuperNode (``softcar-fed worker``)."""
+    """deployment engine: a long-lived worker per SuperNode (``softcar-fed worker``; off in the
+    rows measured before it existed, so that re-running them measures the same thing)."""
     clients_per_round: int = 0
     delta: float = 1e-5
     repeats: int = 1

@@ -57,7 +57,10 @@ def local(
         False, "--secagg", help="Flower SecAgg+: the server sees only the sum of updates (>= 2 clients per round)."
     ),
     node_workers: bool = typer.Option(
-        False, "--node-workers", help="A long-lived worker per SuperNode keeps its retriever loaded across rounds."
+        True, help="A long-lived worker per SuperNode keeps its retriever loaded across rounds."
+    ),
+    node_threads: int = typer.Option(
+        0, help="CPU threads per SuperNode and its worker (0: this machine's cores shared out, at least 1)."
     ),
     work_dir: Path | None = typer.Option(None, help="Keep logs/outputs here (default: a temp dir)."),
     timeout: float = typer.Option(1800.0, help="Give up (and stop everything) after this many seconds."),
@@ -96,6 +99,7 @@ def local(
         pseudo_queries_per_document=pseudo_queries,
         centralized=centralized,
         node_workers=node_workers,
+        node_threads=node_threads,
         work_dir=str(work_dir) if work_dir else None,
         timeout=timeout,
         extra_run_config={"secure-aggregation": True} if secagg else {},

@@ -68,8 +68,14 @@ class LocalRunSpec(BaseModel):
     round_timeout: float = 300.0
     timeout: float = 1800.0
     centralized: bool = True
-    node_workers: bool = False
+    node_workers: bool = True
     """A long-lived worker beside each SuperNode keeps its retriever loaded across rounds."""
+    node_threads: int = Field(0, ge=0)
+    """CPU threads per SuperNode (0: this machine's cores shared out, at least 1 each)."""
+
+    def threads_per_node(self) -> int:
+        return self.node_threads or max(1, (os.cpu_count() or 1) // self.clients)
+
     work_dir: str | None = None
     extra_run_config: dict[str, Any] = Field(default_factory=dict)
 
@@ -224,7 +230,7 @@ def _summary(
 def run_local(spec: LocalRunSpec) -> dict[str, Any]:
     """Start everything, run, optionally crash and restart one SuperNode, stop everything."""
     started = time.perf_counter()
-    with LocalFederation(spec.work_dir) as fed:
+    with LocalFederation(spec.work_dir, node_threads=spec.threads_per_node()) as fed:
         output_dir = fed.work_dir / "output"
         fed.start_superlink()
         for i in range(spec.clients):

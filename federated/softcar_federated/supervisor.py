@@ -136,6 +136,9 @@ class LocalFederation:
         work_dir: holds FLWR_HOME, logs and (by default) the app's output dir.
         tls: serve the Fleet/Control APIs over TLS with these files (insecure when None).
         supernode_auth: require registered SuperNode keys (``--enable-supernode-auth``).
+        node_threads: CPU threads per SuperNode and worker (``OMP_NUM_THREADS``; None: the
+            libraries' default, every core). Several deployments on one machine otherwise each
+            start a thread per core and spend their time contending for them.
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class LocalFederation:
         tls: TLSFiles | None = None,
         supernode_auth: bool = False,
         startup_timeout: float = 60.0,
+        node_threads: int | None = None,
     ) -> None:
         self._tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="softcar-fed-")
         self.work_dir = Path(work_dir or self._tmp.name).resolve()  # type: ignore[union-attr]
@@ -153,6 +157,7 @@ class LocalFederation:
         self.tls = tls
         self.supernode_auth = supernode_auth
         self.startup_timeout = startup_timeout
+        self.node_threads = node_threads
         self.flwr_home = self.work_dir / "flwr-home"
         self.logs = self.work_dir / "logs"
         self.port = free_port()
@@ -188,7 +193,15 @@ class LocalFederation:
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
 
-    def _spawn(self, name: str, command: list[str]) -> ManagedProcess:
+    def node_env(self) -> dict[str, str]:
+        """:meth:`env`, with the thread limit of a SuperNode, its ClientApps and its worker."""
+        env = self.env()
+        if self.node_threads is not None:
+            for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[key] = str(self.node_threads)
+        return env
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._starts += 1
         log_path = self.logs / f"{name}-{self._starts}.log"
@@ -197,7 +210,7 @@ class LocalFederation:
             command,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=self.env(),
+            env=env or self.env(),
             cwd=self.work_dir,
             start_new_session=True,  # own process group: one killpg reaches its children
         )
@@ -300,7 +313,7 @@ class LocalFederation:
             self._socket_dir = tempfile.TemporaryDirectory(prefix="softcar-w-")
         path = self.worker_sockets.setdefault(index, Path(self._socket_dir.name) / f"node-{index}.sock")
         command = [sys.executable, "-m", "softcar_federated.cli", "worker", "--socket", str(path), "-v"]
-        process = self._spawn(f"worker-{index}", command)
+        process = self._spawn(f"worker-{index}", command, self.node_env())
         self.workers[index] = process
 
         def listening() -> bool:
@@ -339,7 +352,7 @@ class LocalFederation:
             command += ["--root-certificates", str(self.tls.ca_cert)]
         if index in self.node_keys:
             command += ["--auth-supernode-private-key", str(self.node_keys[index])]
-        process = self._spawn(f"supernode-{index}", command)
+        process = self._spawn(f"supernode-{index}", command, self.node_env())
         self.nodes[index] = process
         return process
 
