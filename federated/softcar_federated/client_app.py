@@ -47,6 +47,12 @@ NOISE_PLAN_STATE_KEY = "softcar-noise-plan"
 app = ClientApp(mods=[audit_log_mod, secure_aggregation.secure_aggregation_mod, client_level_clipping_mod])
 
 
+def _round_timeout(context: Context) -> float | None:
+    """How long a delegated handler may take: the run's round timeout (the server stops waiting then)."""
+    seconds = float(context.run_config.get("round-timeout", 0.0) or 0.0)  # type: ignore[arg-type]
+    return seconds if seconds > 0 else None
+
+
 def _load_global(deployment: LocalDeployment, arrays: ArrayRecord, config: ConfigRecord) -> None:
     """Put the global tensors into the local retriever, with a clear error if they do not fit."""
     from softcar.errors import CheckpointError
@@ -121,7 +127,7 @@ def train(msg: Message, context: Context) -> Message:
     """One round of local DP-SGD; replies with shared tensors and cumulative (ε, δ)."""
     worker = node_worker.worker_socket(context)
     if worker is not None:  # the node's long-lived worker has everything loaded already
-        return node_worker.delegate("train", msg, context, worker)
+        return node_worker.delegate("train", msg, context, worker, _round_timeout(context))
     from softcar_federated.config import FedConfig, NodeConfig
     from softcar_federated.deployment import forget_deployment
 
@@ -238,7 +244,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Quality of the global tensors combined with this deployment's own head, on its held-out queries."""
     worker = node_worker.worker_socket(context)
     if worker is not None:
-        return node_worker.delegate("evaluate", msg, context, worker)
+        return node_worker.delegate("evaluate", msg, context, worker, _round_timeout(context))
     from softcar_federated import partitions
     from softcar_federated.config import FedConfig, NodeConfig
     from softcar_federated.deployment import open_deployment

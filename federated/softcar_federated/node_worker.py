@@ -141,8 +141,13 @@ def delegate(kind: str, message: Message, context: Context, path: str, timeout: 
                 f"node config worker={path}: no worker listens there ({exc.strerror or exc}); start it with "
                 f"`softcar-fed worker --socket {path}` before the SuperNode, or remove worker= from the node config"
             ) from exc
-        _send(sock, {"kind": kind}, _encode(message, context))
-        header, blobs = _receive(sock)
+        try:
+            _send(sock, {"kind": kind}, _encode(message, context))
+            header, blobs = _receive(sock)
+        except TimeoutError as exc:
+            raise NodeWorkerError(f"the worker at {path} did not answer the {kind} message within {timeout}s") from exc
+        except OSError as exc:
+            raise NodeWorkerError(f"the connection to the worker at {path} failed: {exc}") from exc
     if not header.get("ok"):
         reason = header.get("error", "no reason given")
         raise NodeWorkerError(f"the worker at {path} failed the {kind} message: {reason}")
@@ -207,7 +212,6 @@ def serve(
             except TimeoutError:
                 continue
             with connection:
-                connection.settimeout(None)
                 _answer(connection, handlers)
     finally:
         server.close()
@@ -215,15 +219,17 @@ def serve(
             socket_path.unlink()
 
 
-def _answer(connection: socket.socket, handlers: dict[str, Handler]) -> None:
+def _answer(connection: socket.socket, handlers: dict[str, Handler], request_timeout: float = 300.0) -> None:
     try:
+        connection.settimeout(request_timeout)  # a client that connects and sends nothing
         header, blobs = _receive(connection)
+        connection.settimeout(None)  # the handler may train for as long as the round allows
         kind = header.get("kind")
         if kind not in handlers:
             raise NodeWorkerError(f"unknown message kind {kind!r} (expected one of {sorted(handlers)})")
         message, context = _decode(blobs)
         context.node_config.pop(WORKER_KEY, None)  # the handler runs here, it must not delegate again
-    except NodeWorkerError as exc:
+    except (NodeWorkerError, OSError) as exc:
         logger.warning("worker: refused a request: %s", exc)
         with contextlib.suppress(OSError):
             _send(connection, {"ok": False, "error": str(exc)}, [])

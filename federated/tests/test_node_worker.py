@@ -51,6 +51,11 @@ def _failing(msg: Message, context: Context) -> Message:
     raise ValueError("the deployment's checkpoint is corrupt")
 
 
+def _slow(msg: Message, context: Context) -> Message:
+    threading.Event().wait(1.5)
+    return _echo(msg, context)
+
+
 def _context(node_config: dict) -> Context:
     return Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
 
@@ -81,8 +86,10 @@ def test_reply_and_context_state_come_back_and_the_socket_is_private(socket_path
 
 
 def test_handler_failure_and_garbage_are_reported_and_the_worker_survives(socket_path):
-    stop, thread = _start(socket_path, {"train": _echo, "evaluate": _failing})
+    stop, thread = _start(socket_path, {"train": _echo, "evaluate": _failing, "slow": _slow})
     try:
+        with pytest.raises(node_worker.NodeWorkerError, match="did not answer the slow message within 0.5s"):
+            node_worker.delegate("slow", _train_message(1), _context({}), str(socket_path), timeout=0.5)
         with pytest.raises(node_worker.NodeWorkerError, match="ValueError: the deployment's checkpoint is corrupt"):
             node_worker.delegate("evaluate", _train_message(1), _context({}), str(socket_path))
         with pytest.raises(node_worker.NodeWorkerError, match="unknown message kind 'query'"):
