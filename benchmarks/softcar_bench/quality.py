@@ -88,6 +88,9 @@ def variants(epochs: int | None) -> dict[str, Any]:
         "  − adapter training (head only)": lambda: ClassifierRetriever(
             config=train.model_copy(update={"train_adapter": False})
         ),
+        "  − head training (adapter only)": lambda: ClassifierRetriever(
+            config=train.model_copy(update={"train_head": False})
+        ),
     }
 
 
