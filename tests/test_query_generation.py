@@ -19,6 +19,15 @@ def test_parse_questions_strips_numbering_and_junk() -> None:
     assert parse_questions(reply) == ["What is the GIL?", "why are threads slow in python", "How do I use all cores?"]
 
 
+def test_parse_questions_drops_a_small_models_own_answers() -> None:
+    # what SmolLM2-135M-Instruct replies for a chatterbot_qa answer
+    reply = (
+        "Is this surprising in some way?\nQuestion 2: Is this surprising in another way?\n"
+        "Answer: The nature of reality is subjective.\nA: it runs inside a computer"
+    )
+    assert parse_questions(reply) == ["Is this surprising in some way?", "Is this surprising in another way?"]
+
+
 def test_failures_timeouts_and_junk_are_counted_not_raised() -> None:
     def flaky(text: str) -> list[str]:
         if text == "raise":

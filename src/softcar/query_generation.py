@@ -32,13 +32,18 @@ QUESTION_PROMPT = (
 )
 """The prompt the framework adapters give a chat model / LLM (``{count}``, ``{text}``)."""
 
-_NUMBERING = re.compile(r"^\s*(?:[-*•]|\d+[.)]|Q\d*[:.)])\s*", re.IGNORECASE)
+_NUMBERING = re.compile(r"^\s*(?:[-*•]|\d+[.)]|(?:question|q)\s*\d*\s*[:.)])\s*", re.IGNORECASE)
+_NOT_A_QUESTION = re.compile(r"^\s*(?:answer\s*\d*\s*[:.)]|a\d*\s*:)", re.IGNORECASE)
+"""Small models often answer their own questions ("Answer: ..."); those lines are not questions."""
 
 
 def parse_questions(reply: str, limit: int = 8) -> list[str]:
-    """Questions from an LLM's reply: one per line, bullets / numbering stripped, junk dropped."""
+    """Questions from an LLM's reply: one per line, bullets / numbering ("1.", "Q3:",
+    "Question 2:") stripped, answers and junk dropped."""
     questions = []
     for line in reply.splitlines():
+        if _NOT_A_QUESTION.match(line):
+            continue
         text = _NUMBERING.sub("", line).strip().strip('"').strip()
         if 3 <= len(text.split()) <= 40 and text not in questions:
             questions.append(text)
