@@ -12,10 +12,13 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
-from flwr.app import Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
+from softcar_federated import partitions
+from softcar_federated.config import FedConfig
 from softcar_federated.supervisor import is_alive
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -178,6 +181,29 @@ def node_message(
         message_type=message_type,
     )
     return Message(content, metadata=metadata)
+
+
+def dp_client(
+    encoder: str, dataset: Path, output: Path, node_config: dict[str, Any]
+) -> tuple[FedConfig, ArrayRecord, Context]:
+    """What a ClientApp handler gets in round 1 of a 2-round DP run (ε = 4) on ``dataset``: the
+    run's config, the server's initial shared arrays, and node 1's fresh context."""
+    run_config: dict[str, Any] = {
+        "encoder": encoder,
+        "dataset": str(dataset),
+        "output-dir": str(output),
+        "num-server-rounds": 2,
+        "batch-size": 8,
+        "max-query-length": 16,
+        "target-epsilon": 4.0,
+        "pseudo-queries-per-document": 2,
+    }
+    config = FedConfig.from_run_config(run_config)
+    split = partitions.load_split(dataset)
+    server = partitions.build_retriever(split.corpus, encoder, max_query_length=16)
+    arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
+    context = Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
+    return config, arrays, context
 
 
 def processes_in(folder: Path) -> list[int]:

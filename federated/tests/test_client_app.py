@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import node_message
+from conftest import dp_client, node_message
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from softcar_federated import client_app, partitions
@@ -21,27 +21,7 @@ def _message(arrays: ArrayRecord, server_round: int, kind: str = MessageType.TRA
 
 @pytest.fixture
 def setup(tiny_encoder, tiny_dataset, tmp_path):
-    run_config = {
-        "encoder": tiny_encoder,
-        "dataset": str(tiny_dataset),
-        "output-dir": str(tmp_path),
-        "num-server-rounds": 2,
-        "batch-size": 8,
-        "max-query-length": 16,
-        "target-epsilon": 4.0,
-        "pseudo-queries-per-document": 2,
-    }
-    config = FedConfig.from_run_config(run_config)
-    split = partitions.load_split(tiny_dataset)
-    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
-    arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
-    context = Context(
-        run_id=7,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 2},
-        state=RecordDict(),
-        run_config=run_config,
-    )
+    config, arrays, context = dp_client(tiny_encoder, tiny_dataset, tmp_path, {"partition-id": 0, "num-partitions": 2})
     return config, arrays, context, tmp_path
 
 

@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import node_message
+from conftest import dp_client, node_message
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
-from softcar_federated import client_app, node_worker, partitions
-from softcar_federated.config import FedConfig
+from softcar_federated import client_app, node_worker
 from softcar_federated.privacy import PrivacyLedger
 
 Worker = tuple[threading.Event, threading.Thread]
@@ -133,26 +132,8 @@ def test_real_handlers_train_in_the_worker_and_the_ledger_persists(tiny_encoder,
     node's context state exactly as without a worker, and the worker keeps the deployment loaded."""
     from softcar_federated import deployment
 
-    run_config = {
-        "encoder": tiny_encoder,
-        "dataset": str(tiny_dataset),
-        "output-dir": str(tmp_path),
-        "num-server-rounds": 2,
-        "batch-size": 8,
-        "max-query-length": 16,
-        "target-epsilon": 4.0,
-        "pseudo-queries-per-document": 2,
-    }
-    config = FedConfig.from_run_config(run_config)
-    split = partitions.load_split(tiny_dataset)
-    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
-    arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
-    context = Context(
-        run_id=7,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 2, "worker": str(socket_path)},
-        state=RecordDict(),
-        run_config=run_config,
+    config, arrays, context = dp_client(
+        tiny_encoder, tiny_dataset, tmp_path, {"partition-id": 0, "num-partitions": 2, "worker": str(socket_path)}
     )
     opened = []
     original = deployment.LocalDeployment.open
