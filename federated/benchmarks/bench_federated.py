@@ -17,7 +17,9 @@ whichever is lower, is the target; then
               when they overlapped): transport, serialisation, ClientApp start-up, scheduling;
               an upper bound on communication;
   (c) comp  = per round, the slowest client's training time alone (no load, no communication);
-and the centralised training time to the same target. Speed-up = centralised / FL.
+and the centralised training time to the same target, and the whole centralised fit's time to it
+(model load, corpus encoding and indexing included, as (b) includes each client's first-round
+build). Speed-up = centralised / FL.
 
     python federated/benchmarks/bench_federated.py --grid small --out federated/benchmarks/results-utility-small.json
 """
@@ -211,22 +213,30 @@ GRIDS: dict[str, list[Row]] = {
 
 
 class EpochQuality(TrainerCallback):
-    """Held-out quality after every epoch, with the training time so far (evaluation excluded)."""
+    """Held-out quality after every epoch, with the training time so far (``elapsed_s``) and the
+    whole fit's time so far (``fit_s``: model load, encoding the corpus, indexing, training),
+    evaluation excluded from both."""
 
-    def __init__(self, retriever: ClassifierRetriever, heldout: list) -> None:
+    def __init__(self, retriever: ClassifierRetriever, heldout: list, fit_started: float) -> None:
         self.retriever, self.heldout = retriever, heldout
         self.curve = [{"epoch": 0, "elapsed_s": 0.0, **_pick(partitions.quality(retriever, heldout))}]
         self.train_s = 0.0
+        self.fit_started = fit_started
         self._since = 0.0
+        self._evaluating_s = 0.0
 
     def on_train_begin(self, trainer: Trainer, total_steps: int) -> None:
         self._since = time.perf_counter()
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, mean_loss: float) -> None:
-        self.train_s += time.perf_counter() - self._since
+        now = time.perf_counter()
+        self.train_s += now - self._since
+        fit_s = now - self.fit_started - self._evaluating_s
         scores = partitions.quality(self.retriever, self.heldout)
-        self.curve.append({"epoch": epoch + 1, "elapsed_s": round(self.train_s, 2), **_pick(scores)})
+        point = {"epoch": epoch + 1, "elapsed_s": round(self.train_s, 2), "fit_s": round(fit_s, 2), **_pick(scores)}
+        self.curve.append(point)
         self._since = time.perf_counter()
+        self._evaluating_s += self._since - now
 
 
 def _pick(scores: dict) -> dict:
@@ -238,10 +248,13 @@ def centralized_curve(spec: LocalRunSpec) -> dict:
     untrained start as the clients, evaluated after every epoch."""
     split = partitions.load_split(spec.dataset)
     config = centralized_config(spec)
+    started = time.perf_counter()
     retriever = centralized_retriever(spec)
+    load_s = time.perf_counter() - started
     retriever.config.train = config.model_copy(update={"epochs": 0})
     retriever.fit(split.corpus)  # untrained (inner-product search): the clients' starting point
-    observer = EpochQuality(retriever, split.heldout)
+    # the whole fit's clock counts the model load too, as a client's first round does
+    observer = EpochQuality(retriever, split.heldout, fit_started=time.perf_counter() - load_s)
     retriever.config.train = config
     retriever.callbacks.append(observer)
     retriever.fit(split.corpus, queries=split.feedback)
@@ -332,7 +345,7 @@ def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -
         mrrs = [run["summary"]["final"]["MRR@10"] for run in reps]
         eps = [float(run["summary"]["epsilon"]) for run in reps]
         starts = [run["summary"]["initial"]["R@1"] for run in reps]
-        timing: dict[str, list[float]] = {"wall": [], "parallel": [], "compute": [], "central": []}
+        timing: dict[str, list[float]] = {"wall": [], "parallel": [], "compute": [], "central": [], "central_fit": []}
         for run in reps:
             # the quality both reached; no time to quality when FL did not improve on its start
             target = min(run["summary"]["final"]["R@1"], central_best)
@@ -340,6 +353,8 @@ def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -
                 continue
             times = {k: first_time(run["curve"], target, f"{k}_s") for k in ("wall", "parallel", "compute")}
             times["central"] = first_time(central["curve"], target, "elapsed_s")
+            if all("fit_s" in point for point in central["curve"][1:]):  # recorded since 2026-12-03
+                times["central_fit"] = first_time(central["curve"], target, "fit_s")
             for k, v in times.items():
                 if v is not None:
                     timing[k].append(v)
@@ -366,10 +381,13 @@ def summarise(dataset: str, central: dict, runs: list[tuple[Row, list[dict]]]) -
             "time_parallel_s": mean_spread(timing["parallel"])[0],
             "time_compute_s": mean_spread(timing["compute"])[0],
             "time_centralized_s": mean_spread(timing["central"])[0],
+            "time_centralized_fit_s": mean_spread(timing["central_fit"])[0],
         }
         for k in ("wall", "parallel", "compute"):
             t, c = entry[f"time_{k}_s"], entry["time_centralized_s"]
             entry[f"speedup_{k}"] = (c / t) if (t and c) else None
+        t, c = entry["time_parallel_s"], entry["time_centralized_fit_s"]
+        entry["speedup_parallel_vs_fit"] = (c / t) if (t and c) else None
         table.append(entry)
     return table
 
@@ -384,9 +402,9 @@ def print_table(central: dict[str, dict], rows: list[dict]) -> None:
     print(
         "\n| data | setup | n | ε (δ) | R@1 start | R@1 final (kept) | R@1 last round | R@1 served | MRR@10 "
         "| Δ vs central | Δ vs FL no-DP | (a) wall s | (b) parallel s | (c) compute s | central s "
-        "| speed-up a / b / c |"
+        "| speed-up a / b / c | central whole fit s | speed-up b vs whole fit |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = r["n"]
         eps = "∞" if math.isinf(r["epsilon_spent"]) else f"{r['epsilon_spent']:.2f} ({r['delta']:g})"
@@ -396,7 +414,8 @@ def print_table(central: dict[str, dict], rows: list[dict]) -> None:
             f"| {pm(*r['R@1_last_round'], n)} | {pm(*r.get('R@1_served_last_round', (None, None)), n)} "
             f"| {pm(*r['MRR@10_final'], n)} | {fmt(r['delta_vs_centralized'])} "
             f"| {fmt(r['delta_vs_fl_nodp'])} | {fmt(r['time_wall_s'], 1)} | {fmt(r['time_parallel_s'], 1)} "
-            f"| {fmt(r['time_compute_s'], 1)} | {fmt(r['time_centralized_s'], 1)} | {speed} |"
+            f"| {fmt(r['time_compute_s'], 1)} | {fmt(r['time_centralized_s'], 1)} | {speed} "
+            f"| {fmt(r.get('time_centralized_fit_s'), 1)} | {fmt(r.get('speedup_parallel_vs_fit'), 2)} |"
         )
 
 
