@@ -217,11 +217,12 @@ class EpochQuality(TrainerCallback):
     whole fit's time so far (``fit_s``: model load, encoding the corpus, indexing, training),
     evaluation excluded from both."""
 
-    def __init__(self, retriever: ClassifierRetriever, heldout: list, fit_started: float) -> None:
+    def __init__(self, retriever: ClassifierRetriever, heldout: list, load_s: float = 0.0) -> None:
         self.retriever, self.heldout = retriever, heldout
         self.curve = [{"epoch": 0, "elapsed_s": 0.0, **_pick(partitions.quality(retriever, heldout))}]
         self.train_s = 0.0
-        self.fit_started = fit_started
+        # the whole fit starts now (after the start's evaluation) plus the model load before it
+        self.fit_started = time.perf_counter() - load_s
         self._since = 0.0
         self._evaluating_s = 0.0
 
@@ -254,7 +255,7 @@ def centralized_curve(spec: LocalRunSpec) -> dict:
     retriever.config.train = config.model_copy(update={"epochs": 0})
     retriever.fit(split.corpus)  # untrained (inner-product search): the clients' starting point
     # the whole fit's clock counts the model load too, as a client's first round does
-    observer = EpochQuality(retriever, split.heldout, fit_started=time.perf_counter() - load_s)
+    observer = EpochQuality(retriever, split.heldout, load_s=load_s)
     retriever.config.train = config
     retriever.callbacks.append(observer)
     retriever.fit(split.corpus, queries=split.feedback)
