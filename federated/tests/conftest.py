@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
+from softcar import ClassifierRetriever
 from softcar_federated import partitions
 from softcar_federated.config import FedConfig
 from softcar_federated.supervisor import is_alive
@@ -198,12 +199,19 @@ def dp_client(
         "target-epsilon": 4.0,
         "pseudo-queries-per-document": 2,
     }
-    config = FedConfig.from_run_config(run_config)
-    split = partitions.load_split(dataset)
-    server = partitions.build_retriever(split.corpus, encoder, max_query_length=16)
+    config, server = server_start(run_config)
     arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
     context = Context(run_id=7, node_id=1, node_config=node_config, state=RecordDict(), run_config=run_config)
     return config, arrays, context
+
+
+def server_start(run_config: dict[str, Any]) -> tuple[FedConfig, ClassifierRetriever]:
+    """The run's config and the untrained retriever the server starts from over the run's
+    dataset; round 1's shared state is its ``trainable_state_dict(parts=config.shared_parts)``."""
+    config = FedConfig.from_run_config(run_config)
+    split = partitions.load_split(config.dataset)
+    server = partitions.build_retriever(split.corpus, config.encoder, max_query_length=config.max_query_length)
+    return config, server
 
 
 def processes_in(folder: Path) -> list[int]:

@@ -6,11 +6,11 @@ feedback questions or held-out questions, neither as bytes nor as any string val
 from __future__ import annotations
 
 import pytest
-from conftest import client_strings, leaks, node_message
+from conftest import client_strings, leaks, node_message, server_start
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from softcar_federated import client_app, partitions
-from softcar_federated.config import FedConfig, NodeConfig
+from softcar_federated.config import NodeConfig
 from softcar_federated.deployment import clear_deployment_cache, open_deployment
 from softcar_federated.message_audit import AUDIT_LOG_KEY, wire_bytes
 
@@ -48,9 +48,7 @@ def test_no_client_text_or_doc_id_in_any_reply(mode, tiny_encoder, tiny_dataset,
         "pseudo-queries-per-document": 2,
         "target-epsilon": 8.0,
     }
-    config = FedConfig.from_run_config(run_config)
-    split = partitions.load_split(tiny_dataset)
-    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    config, server = server_start(run_config)
     arrays = ArrayRecord(torch_state_dict=server.trainable_state_dict(parts=config.shared_parts))
     round_config = ConfigRecord({"doc-ids-sha256": partitions.doc_ids_digest(server.documents)})
     node_config = {"partition-id": 0, "num-partitions": 2, AUDIT_LOG_KEY: str(audit)}

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from conftest import client_strings, leaks, node_message
+from conftest import client_strings, leaks, node_message, server_start
 
 from softcar import ClassifierRetriever
 from softcar.errors import SoftcarError
@@ -221,9 +221,7 @@ def test_secagg_training_stage_in_process(tiny_encoder, tiny_dataset, tmp_path):
         "max-query-length": 16,
         "target-epsilon": 4.0,
     }
-    config = FedConfig.from_run_config(run_config)
-    split = partitions.load_split(tiny_dataset)
-    server = partitions.build_retriever(split.corpus, tiny_encoder, max_query_length=16)
+    config, server = server_start(run_config)
     state = server.trainable_state_dict(parts=config.shared_parts)
     arrays = [v.numpy() for v in state.values()]
     digest = partitions.doc_ids_digest(server.documents)
