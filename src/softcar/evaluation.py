@@ -29,7 +29,10 @@ def run_retrieval(
 
 
 def score_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]]) -> dict[str, float]:
-    """Mean Recall@1/5/10, MRR@10 and nDCG@10 over the judged queries."""
+    """Mean Recall@1/5/10, MRR@10 and nDCG@10 over every query of ``qrels``.
+
+    As in TREC scoring, a judged query missing from ``run`` counts as retrieving nothing (0).
+    """
     aggregated = ir_measures.calc_aggregate(list(MEASURES.values()), dict(qrels), dict(run))
     return {name: float(aggregated.get(measure, 0.0)) for name, measure in MEASURES.items()}
 
@@ -37,9 +40,13 @@ def score_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mappin
 def evaluate(
     retriever: Retriever, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], k: int = 10
 ) -> dict[str, float]:
-    """Quality of ``retriever`` on judged ``queries``."""
+    """Quality of ``retriever``, averaged over the ``queries`` that ``qrels`` judges.
+
+    Judgements of queries not in ``queries`` are left out, so a sample of the queries is scored
+    as that sample (``score_run`` on the whole ``qrels`` would count each left-out one as a miss).
+    """
     judged = {q: t for q, t in queries.items() if q in qrels}
-    return score_run(run_retrieval(retriever, judged, k), qrels)
+    return score_run(run_retrieval(retriever, judged, k), {q: qrels[q] for q in judged})
 
 
 def query_latency(retriever: Retriever, queries: list[str], k: int = 10, warmup: int = 3) -> dict[str, float]:
