@@ -72,6 +72,7 @@ def environment(threads: int) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "torch": torch.__version__,
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average_start": load_average(),
         "note": "2-core machine shared with other developers' work; absolute times are noisy",
     }
@@ -228,11 +229,12 @@ class InitialRows(TrainerCallback):
             self.rows = trainer.model.head.weight.detach().clone().cpu()
 
 
-def frozen_from_rows(docs: list[Document], rows: torch.Tensor) -> ClassifierRetriever:
+def frozen_from_rows(docs: list[Document], rows: torch.Tensor, ann_threshold: int | None = None) -> ClassifierRetriever:
     """Frozen inner-product search over ``rows`` (identity adapter, no fusion, no question rows):
     equal to ``InnerProductRetriever.fit(docs)`` (tests/test_retriever.py) without re-encoding."""
     config = TrainConfig(epochs=0, show_progress=False)
-    frozen = ClassifierRetriever(config=config, scoring=ScoringConfig(hybrid_weight=0.0, question_rows=False))
+    scoring = ScoringConfig(hybrid_weight=0.0, question_rows=False, **_ann(ann_threshold))
+    frozen = ClassifierRetriever(config=config, scoring=scoring)
     frozen.add_embedded_documents(docs, rows)
     return frozen
 
@@ -253,10 +255,14 @@ def one_fit(
         retriever.callbacks.append(timer)
         if initial_rows is not None:
             retriever.callbacks.append(initial_rows)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     started, cpu_started = time.perf_counter(), time.process_time()
     with PeakMemory() as memory:
         if not fitted:
             retriever.fit(docs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     quality = evaluate(retriever, queries, qrels, k=10)
     row: dict[str, Any] = {
@@ -275,6 +281,8 @@ def one_fit(
         "eval_queries": len(queries),
         "load_average": load_average(),
     }
+    if torch.cuda.is_available():
+        row["cuda_peak_fit_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     if isinstance(retriever, ClassifierRetriever):
         row["sampled_softmax"] = retriever.uses_sampled_softmax()
     logger.info("%s on %d docs: fit %.0f s, R@1 %.3f", name, len(docs), wall, quality["R@1"])
@@ -282,9 +290,14 @@ def one_fit(
     return row
 
 
+def _ann(threshold: int | None) -> dict[str, int]:
+    return {} if threshold is None else {"ann_threshold": threshold}
+
+
 def _softcar(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
     config = TrainConfig(show_progress=args.progress).model_copy(update=overrides)
-    return lambda: ClassifierRetriever(config=config)
+    scoring = ScoringConfig(**_ann(args.ann_threshold))
+    return lambda: ClassifierRetriever(config=config, scoring=scoring)
 
 
 def fits(args: argparse.Namespace) -> dict[str, Any]:
@@ -316,7 +329,7 @@ def fits(args: argparse.Namespace) -> dict[str, Any]:
                 frozen_rows, initial_rows.rows = initial_rows.rows, None
                 row = one_fit(
                     "frozen inner product (softcar's encoding pass)",
-                    lambda docs=docs, rows=frozen_rows: frozen_from_rows(docs, rows),
+                    lambda docs=docs, rows=frozen_rows: frozen_from_rows(docs, rows, args.ann_threshold),
                     docs,
                     queries,
                     qrels,
@@ -375,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fit: frozen inner product over the frozen rows softcar's fit encoded (no second encoding pass)",
     )
     parser.add_argument("--progress", action="store_true", help="fit: progress bars (with ETA)")
+    parser.add_argument(
+        "--ann-threshold",
+        type=int,
+        default=None,
+        help="fit: ScoringConfig.ann_threshold (default: the library's); above the corpus size, exact search",
+    )
     parser.add_argument("--methods", default="", help="fit: only methods whose name contains one of these (comma list)")
     parser.add_argument("--partial-out", default=None, help="fit: JSON rewritten after every method")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/scale-<part>.json)")

@@ -22,7 +22,14 @@ from typing_extensions import Self
 from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.config import EncodeDtype, PoolingKind, RetrieverConfig
 from softcar.documents import Document
-from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
+from softcar.encoder import (
+    SoftEncoder,
+    check_fingerprint,
+    embed_texts,
+    encoder_fingerprint,
+    load_encoder,
+    pick_device,
+)
 from softcar.errors import CorruptCheckpointError
 from softcar.persistence import read_tensors, write_tensors
 from softcar.validation import TrainingPair, require_fitted, validate_queries
@@ -35,7 +42,9 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 class InnerProductRetriever(BaseRetriever):
     """Frozen-encoder dense retrieval: cosine inner product between query and document vectors.
 
-    ``batch_size``, ``batch_tokens`` and ``encode_dtype`` mean what ``TrainConfig.encode_*`` do.
+    ``batch_size``, ``batch_tokens`` and ``encode_dtype`` mean what ``TrainConfig.encode_*`` do;
+    ``device`` is where the encoder runs (None: CUDA when available, as for ``ClassifierRetriever``).
+    The document vectors are kept on the CPU either way.
     """
 
     kind = "inner_product"
@@ -58,7 +67,7 @@ class InnerProductRetriever(BaseRetriever):
         lengths = {"max_query_length": max_query_length, "max_document_length": max_document_length}
         self.config = RetrieverConfig(encoder=encoder, encoder_kwargs=encoder_kwargs, pooling=pooling, **lengths)
         self.batch_size, self.batch_tokens, self.encode_dtype = batch_size, batch_tokens, encode_dtype
-        self.device = torch.device(device or "cpu")
+        self.device = pick_device(device)
         loaded = load_encoder(self.config.encoder, show_progress=show_progress, **self.config.encoder_kwargs)
         self.tokenizer = loaded.tokenizer
         # An identity adapter that is never trained: exactly the frozen encoder.

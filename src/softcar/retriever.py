@@ -19,7 +19,14 @@ from softcar.base import BaseRetriever, encoder_manifest, parse_encoder_manifest
 from softcar.baselines import BM25Retriever
 from softcar.config import AdapterKind, PoolingKind, RetrieverConfig, ScoringConfig, TrainConfig
 from softcar.documents import Document, DocumentLike, ScoredDocument, coerce_documents
-from softcar.encoder import SoftEncoder, check_fingerprint, embed_texts, encoder_fingerprint, load_encoder
+from softcar.encoder import (
+    SoftEncoder,
+    check_fingerprint,
+    embed_texts,
+    encoder_fingerprint,
+    load_encoder,
+    pick_device,
+)
 from softcar.errors import CheckpointError, CorruptCheckpointError, InvalidVectorsError, UnknownDocumentError
 from softcar.head_index import HeadIndex, IndexMiner, rescore
 from softcar.holdout import keep_trained, split_by_document
@@ -61,13 +68,6 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FILE = "weights.safetensors"
 QUESTIONS_FILE = "questions.safetensors"
 QUESTION_TEXTS_FILE = "questions.jsonl"
-
-
-def pick_device(name: str | None) -> torch.device:
-    """``name`` if given, else CUDA when available, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
