@@ -42,7 +42,7 @@ def test_sorted_batches_return_each_texts_own_vector(
     model, tokenizer = retriever.model, retriever.tokenizer
     one_by_one = torch.cat(
         [
-            embed_texts(model.embed, tokenizer, [text], max_length=32, batch_size=1, device=torch.device("cpu"))
+            embed_texts(model.embed, tokenizer, [text], max_length=32, batch_size=1, device=retriever.device)
             for text in TEXTS
         ]
     )
@@ -53,7 +53,7 @@ def test_sorted_batches_return_each_texts_own_vector(
         max_length=32,
         batch_size=batch_size,
         batch_tokens=batch_tokens,
-        device=torch.device("cpu"),
+        device=retriever.device,
     )
     assert batched.shape == one_by_one.shape
     torch.testing.assert_close(batched, one_by_one, atol=1e-5, rtol=1e-4)

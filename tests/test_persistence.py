@@ -160,6 +160,10 @@ def test_load_retriever_accepts_device_for_every_kind(kind: str, tiny_bert: str,
     original.save(tmp_path / kind)
     loaded = load_retriever(tmp_path / kind, device="cpu", show_progress=False)
     assert type(loaded) is type(original)
-    assert ranking(loaded) == ranking(original)
+    # Fitted on a GPU where there is one and loaded on the CPU: the same documents in the same
+    # order, the scores equal up to the devices' float rounding.
+    got, want = ranking(loaded), ranking(original)
+    assert [[doc for doc, _ in hits] for hits in got] == [[doc for doc, _ in hits] for hits in want]
+    assert [s for hits in got for _, s in hits] == pytest.approx([s for hits in want for _, s in hits], abs=1e-3)
     with pytest.raises(TypeError, match="unexpected options"):
         load_retriever(tmp_path / kind, colour="blue")

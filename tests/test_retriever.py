@@ -55,7 +55,7 @@ def test_labelled_queries_become_row_prototypes(tiny_bert: str, corpus: list[Doc
     frozen = InnerProductRetriever(tiny_bert, show_progress=False).fit(corpus)
     config = TrainConfig(epochs=0, query_prototype_weight=2.0, show_progress=False)
     retriever = ClassifierRetriever(tiny_bert, config=config, scoring=SOFT_ONLY).fit(corpus, queries=pairs)
-    rows = retriever.model.head.weight.detach()
+    rows = retriever.model.head.weight.detach().cpu()
     expected = torch.nn.functional.normalize(
         frozen.embed_documents([d.text for d in corpus]) + 2.0 * frozen.embed_queries(QUESTIONS), dim=1
     )
@@ -107,7 +107,7 @@ def test_slm_is_bit_for_bit_unchanged(tiny_bert: str, corpus: list[Document]) ->
 @pytest.mark.parametrize("adapter", ["linear", "mlp"])
 def test_adapters_start_as_identity(tiny_bert: str, adapter: str) -> None:
     retriever = ClassifierRetriever(tiny_bert, adapter=adapter, config=FAST)  # type: ignore[arg-type]
-    x = torch.randn(2, 5, retriever.model.encoder.dim)
+    x = torch.randn(2, 5, retriever.model.encoder.dim, device=retriever.device)
     assert torch.equal(retriever.model.adapter(x), x)
 
 

@@ -31,7 +31,7 @@ def _retriever(encoder: str, corpus: list[Document], extra_rows: int = 0) -> Cla
     retriever = ClassifierRetriever(encoder, config=CONFIG).fit(corpus)
     if extra_rows:
         generator = torch.Generator().manual_seed(0)
-        real = retriever.model.head.weight.detach()
+        real = retriever.model.head.weight.detach().cpu()
         near = real[torch.randint(real.shape[0], (extra_rows,), generator=generator)]
         noise = torch.randn(extra_rows, real.shape[1], generator=generator)
         retriever.model.head.append_rows(F.normalize(F.normalize(near, dim=1) + 0.1 * noise, dim=1))

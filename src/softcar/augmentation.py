@@ -36,8 +36,11 @@ class QueryAugmenter:
         out = dict(batch)
         if not self.active:
             return out
-        ids = batch["input_ids"].clone()
-        mask = batch["attention_mask"].clone()
+        # On the CPU, with the CPU generator: the same draws (and the same augmented batch) on any
+        # device; the batch goes back to where it came from.
+        device = batch["input_ids"].device
+        ids = batch["input_ids"].cpu().clone()
+        mask = batch["attention_mask"].cpu().clone()
         real = mask.bool()
         if self.swap > 0 and ids.shape[1] > 2:
             # swap positions j and j+1 (both real, j >= 1); a token moves at most one step
@@ -56,5 +59,5 @@ class QueryAugmenter:
             empty = kept.sum(dim=1) <= torch.clamp(real.sum(dim=1), max=2)
             kept[empty] = real[empty]
             mask = kept.to(mask.dtype)
-        out["input_ids"], out["attention_mask"] = ids, mask
+        out["input_ids"], out["attention_mask"] = ids.to(device), mask.to(device)
         return out

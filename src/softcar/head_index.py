@@ -305,6 +305,7 @@ def rescore(
             lex_mean = float(lex_values.sum()) / documents
             lex_var = max(float((lex_values**2).sum()) - documents * lex_mean**2, 0.0) / max(documents - 1, 1)
             lex_z = (lexical[i, cand.to(lexical.device)].double() - lex_mean) / max(lex_var**0.5, 1e-6)
+            lex_z = lex_z.to(scores.device)
             best_row = question_best[i : i + 1] if question_best is not None else None
             mean, std = _soft_moments(q, head, asked, best_row, calibration, stats)
             scores = (alpha * lex_z + (1 - alpha) * (scores.double()[0] - mean) / std).float()[None]
