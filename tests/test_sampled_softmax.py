@@ -40,7 +40,7 @@ def _retriever(encoder: str, corpus: list[Document], extra_rows: int = 0) -> Cla
 
 def _batch(retriever: ClassifierRetriever) -> dict[str, torch.Tensor]:
     setup = retriever.training_setup(retriever.training_examples(), sampled=False)
-    return next(iter(setup.loader))
+    return {name: tensor.to(retriever.device) for name, tensor in next(iter(setup.loader)).items()}
 
 
 def _grads(
@@ -227,7 +227,7 @@ def test_untouched_rows_are_bit_identical_after_training(tiny_bert: str, corpus:
         setup.loader, 2
     )
     after = retriever.model.head.weight.detach()
-    touched = torch.zeros(before.shape[0], dtype=torch.bool)
+    touched = torch.zeros(before.shape[0], dtype=torch.bool, device=before.device)
     touched[list(seen.rows)] = True
     assert 0 < int(touched.sum()) < before.shape[0]
     assert torch.equal(after[~touched], before[~touched])

@@ -87,6 +87,23 @@ def test_empty_batches_are_reported_not_trained() -> None:
     assert torch.equal(model.weight, before)
 
 
+def test_batches_go_to_the_models_device_unless_told_otherwise() -> None:
+    """Without ``device`` the batches follow the model's parameters (on a GPU box, CUDA)."""
+    model = nn.Linear(3, 1)
+    seen: list[torch.device] = []
+
+    def loss(m: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.device)
+        return m(batch).sum()
+
+    Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss).train([torch.ones(2, 3)])
+    assert Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), loss).device == model.weight.device
+    assert seen == [model.weight.device]
+    meta = nn.Linear(3, 1, device="meta")
+    assert Trainer(meta, torch.optim.SGD(meta.parameters(), lr=0.1), loss).device == torch.device("meta")
+    assert Trainer(nn.Identity(), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), loss).device is None
+
+
 def test_trainer_leaves_parameters_frozen_and_model_in_eval() -> None:
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
     Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda m, b: m(b).sum()).train([torch.ones(2, 3)])

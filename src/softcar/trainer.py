@@ -131,7 +131,8 @@ class Trainer:
         loss: ``loss(model, batch) -> scalar tensor``.
         regularizers: data-independent penalties (:mod:`softcar.regularizers`).
         callbacks: progress, timing, accounting (:class:`TrainerCallback`).
-        device: where batches are moved (``None``: leave them where they are).
+        device: where batches are moved (``None``: the device of the model's parameters, as a
+            Hugging Face ``Trainer`` does; a model without parameters gets its batches as they are).
         mixed_precision: run the loss' forward pass under ``torch.autocast`` (bfloat16) on the
             device of the batches; parameters and optimizer state stay float32.
 
@@ -157,6 +158,9 @@ class Trainer:
         self.loss = loss
         self.regularizers = list(regularizers)
         self.callbacks = list(callbacks)
+        if device is None:
+            first = next(iter(model.parameters()), None)
+            device = first.device if first is not None else None
         self.device = torch.device(device) if device is not None else None
         self.mixed_precision = mixed_precision
         self.global_step = 0
