@@ -103,6 +103,32 @@ def test_calibration_uses_rows_when_every_document_has_feedback() -> None:
     assert chosen.question_offset is not None and chosen.expected_recall == 1.0
 
 
+def test_logsumexp_rewards_a_document_whose_text_and_known_question_both_match() -> None:
+    soft = torch.tensor([[0.62, 0.50, 0.40]])
+    rows = torch.tensor([[0.62, 0.65, float("-inf")]])  # the third document has no question rows
+    by_max = combine(soft, rows, None, Calibration(question_offset=0.0))
+    by_lse = combine(soft, rows, None, Calibration(question_offset=0.0, question_temperature=0.1))
+    assert int(by_max.argmax()) == 1  # its known question is the closest
+    assert int(by_lse.argmax()) == 0  # text and known question both close
+    assert bool((by_lse >= by_max).all())
+    assert float(by_lse[0, 2]) == pytest.approx(0.40)  # no rows: the soft score, unchanged
+
+
+def test_the_temperature_applies_only_when_every_document_has_feedback() -> None:
+    n = 6
+    labels = torch.arange(n)
+    soft = torch.full((n, n), 0.5) + 0.01 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((n, n), float("-inf"))
+    own_rows[labels, labels] = 0.9
+    hidden = torch.full((n, n), float("-inf"))
+    views = HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels)
+    full = calibrate(*views, coverage=1.0, full_coverage_temperature=0.1)
+    assert full.question_offset is not None and full.question_temperature == 0.1
+    partial = calibrate(*views, coverage=0.5, full_coverage_temperature=0.1)
+    assert partial.question_temperature is None
+    assert calibrate(*views, coverage=1.0).question_temperature is None
+
+
 def test_at_full_coverage_leave_one_out_does_not_pick_the_hybrid_weight() -> None:
     """Rows find every rewording whatever α; leave-one-out prefers BM25. With every document
     labelled it describes documents that do not exist, so α stays at the prior; with documents

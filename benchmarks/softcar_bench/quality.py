@@ -79,6 +79,9 @@ def variants(epochs: int | None) -> dict[str, Any]:
         "softcar now, untrained (epochs=0)": lambda: ClassifierRetriever(config=train.model_copy(update={"epochs": 0})),
         "  − BM25 fusion": lambda: ClassifierRetriever(config=train, scoring=ScoringConfig(hybrid_weight=0.0)),
         "  − question rows": lambda: ClassifierRetriever(config=train, scoring=ScoringConfig(question_rows=False)),
+        "  + logsumexp at full coverage (τ=0.1)": lambda: ClassifierRetriever(
+            config=train, scoring=ScoringConfig(full_coverage_temperature=0.1)
+        ),
         "  − BM25 fusion, untrained": lambda: ClassifierRetriever(
             config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(hybrid_weight=0.0)
         ),
@@ -139,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fit s": fit_s,
                     "α": "" if calibration is None else calibration.hybrid_weight,
                     "b": "" if calibration is None else str(calibration.question_offset),
+                    "τ": "" if calibration is None else str(calibration.question_temperature),
                 }
             )
             print(format_table(rows[-1:]), flush=True)
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     "wall_s": time.perf_counter() - started,
                 },
             )
-    print(format_table(rows, ["setting", "retriever", "R@1", "MRR@10", "p50 ms", "fit s", "α", "b"]))
+    print(format_table(rows, ["setting", "retriever", "R@1", "MRR@10", "p50 ms", "fit s", "α", "b", "τ"]))
     return 0
 
 

@@ -155,6 +155,12 @@ class ScoringConfig(BaseModel):
     """Remember every labelled / feedback question as a row of its document."""
     question_offset: float | None = None
     """Question rows score ``similarity - offset``; ``None``: calibrated (and possibly unused)."""
+    full_coverage_temperature: float | None = Field(None, gt=0)
+    """Opt-in: where every document has question rows, a document scores ``τ · logsumexp(own row,
+    best question row - offset)`` rather than the maximum of the two (``softcar.scoring``).
+    ``None`` (default): the maximum everywhere. Partial coverage always uses the maximum. Off by
+    default because it lost in the calibrated pipeline (B: 0.845 / 0.926 against 0.851 / 0.932
+    R@1 for the maximum on chatterbot_qa / python-faq, benchmarks/README.md)."""
     max_question_rows_per_document: PositiveInt = 8
     """Cap per document: beyond it, the row most redundant with the document's others is dropped."""
     feedback_coverage: float | None = Field(None, ge=0, le=1)

@@ -576,6 +576,7 @@ class ClassifierRetriever(BaseRetriever):
             offset_grid=OFFSET_GRID if scoring.question_offset is None else (scoring.question_offset,),
             tolerance=scoring.calibration_tolerance,
             prior_hybrid_weight=scoring.default_hybrid_weight,
+            full_coverage_temperature=scoring.full_coverage_temperature,
         )
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
         return self.calibration
