@@ -129,6 +129,20 @@ def test_the_temperature_applies_only_when_every_document_has_feedback() -> None
     assert calibrate(*views, coverage=1.0).question_temperature is None
 
 
+def test_offset_ties_go_to_fewest_rows_with_documents_to_protect_and_to_most_rows_without() -> None:
+    """Every offset of the grid answers every simulated rewording: a tie. With documents lacking
+    feedback the largest offset wins (protect them); with none, the smallest (2026-12-04)."""
+    n = 6
+    labels = torch.arange(n)
+    soft = torch.full((n, n), 0.5) + 0.01 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((n, n), float("-inf"))
+    own_rows[labels, labels] = 0.95
+    hidden = torch.full((n, n), float("-inf"))
+    views = HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels)
+    assert calibrate(*views, coverage=1.0).question_offset == 0.0
+    assert calibrate(*views, coverage=0.5).question_offset == 0.3
+
+
 def test_at_full_coverage_leave_one_out_does_not_pick_the_hybrid_weight() -> None:
     """Rows find every rewording whatever α; leave-one-out prefers BM25. With every document
     labelled it describes documents that do not exist, so α stays at the prior; with documents
