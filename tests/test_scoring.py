@@ -114,14 +114,20 @@ def test_logsumexp_rewards_a_document_whose_text_and_known_question_both_match()
     assert float(by_lse[0, 2]) == pytest.approx(0.40)  # no rows: the soft score, unchanged
 
 
-def test_the_temperature_applies_only_when_every_document_has_feedback() -> None:
-    n = 6
+def _rows_only_views(n: int, own_similarity: float) -> tuple[HeldOut, HeldOut]:
+    """Held-out views where only question rows find documents: the head's scores are noise,
+    each simulated rewording meets its own question row at ``own_similarity``, and leave-one-out
+    has no row left to find."""
     labels = torch.arange(n)
     soft = torch.full((n, n), 0.5) + 0.01 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
     own_rows = torch.full((n, n), float("-inf"))
-    own_rows[labels, labels] = 0.9
+    own_rows[labels, labels] = own_similarity
     hidden = torch.full((n, n), float("-inf"))
-    views = HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels)
+    return HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels)
+
+
+def test_the_temperature_applies_only_when_every_document_has_feedback() -> None:
+    views = _rows_only_views(6, 0.9)
     full = calibrate(*views, coverage=1.0, full_coverage_temperature=0.1)
     assert full.question_offset is not None and full.question_temperature == 0.1
     partial = calibrate(*views, coverage=0.5, full_coverage_temperature=0.1)
@@ -132,13 +138,7 @@ def test_the_temperature_applies_only_when_every_document_has_feedback() -> None
 def test_offset_ties_go_to_fewest_rows_with_documents_to_protect_and_to_most_rows_without() -> None:
     """Every offset of the grid answers every simulated rewording: a tie. With documents lacking
     feedback the largest offset wins (protect them); with none, the smallest (2026-12-04)."""
-    n = 6
-    labels = torch.arange(n)
-    soft = torch.full((n, n), 0.5) + 0.01 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
-    own_rows = torch.full((n, n), float("-inf"))
-    own_rows[labels, labels] = 0.95
-    hidden = torch.full((n, n), float("-inf"))
-    views = HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels)
+    views = _rows_only_views(6, 0.95)
     assert calibrate(*views, coverage=1.0).question_offset == 0.0
     assert calibrate(*views, coverage=0.5).question_offset == 0.3
 
