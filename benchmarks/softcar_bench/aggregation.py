@@ -30,6 +30,7 @@ import torch
 
 from benchmarks.softcar_bench.datasets import dataset_available, load_dataset
 from softcar import InnerProductRetriever, format_table, write_json
+from softcar.question_rows import QuestionRows
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 OFFSETS = (0.0, 0.1, 0.2, 0.3)
@@ -70,13 +71,14 @@ def measure(e: dict[str, torch.Tensor], fraction: float, seeds: int, aggregation
         random.Random(seed).shuffle(ids)
         labelled = torch.zeros(n, dtype=torch.bool)
         labelled[ids[: round(n * fraction)]] = True
-        rows = labelled[e["question_docs"]]
+        kept = labelled[e["question_docs"]]
+        # The retriever's own question rows (its near-duplicate rule and per-document cap included).
+        rows = QuestionRows(e["docs"].shape[1])
+        rows.add([str(i) for i in range(int(kept.sum()))], e["question_docs"][kept].tolist(), e["questions"][kept])
         tested = torch.ones_like(e["test_docs"], dtype=torch.bool) if fraction >= 1 else ~labelled[e["test_docs"]]
         tests, labels = e["tests"][tested], e["test_docs"][tested]
         soft = tests @ e["docs"].T
-        best = torch.full_like(soft, float("-inf")).scatter_reduce(
-            1, e["question_docs"][rows].expand(len(tests), -1), tests @ e["questions"][rows].T, reduce="amax"
-        )
+        best = rows.best_per_document(tests, n)
         results.setdefault("frozen", []).append(_recall(soft, labels))
         for aggregation in aggregations:
             for offset in OFFSETS:

@@ -7,7 +7,7 @@ where every document has question rows (full coverage) is ``τ · logsumexp`` of
 and one of its known questions then beats one that matches only one of them. On the frozen
 embeddings alone (``benchmarks/softcar_bench/aggregation.py``) that gains 0.9 / 1.9 points of
 R@1 on the rewordings with every document labelled (chatterbot_qa / python-faq). With documents
-left unlabelled it is never better than the maximum at any offset, and up to 12 points worse.
+left unlabelled it is never better than the maximum at any offset, and up to 12.5 points worse.
 In the calibrated pipeline with BM25 fusion it lost 0.6 points on both sets, so it is off.
 With a hybrid weight
 ``α > 0`` the result is fused with BM25: ``α · z(bm25) + (1 - α) · z(soft)``, ``z`` standardising
