@@ -29,8 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.softcar_bench.datasets import dataset_available, load_dataset
-from softcar import InnerProductRetriever, format_table, write_json
-from softcar.question_rows import QuestionRows
+from softcar import InnerProductRetriever, QuestionRows, format_table, write_json
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 OFFSETS = (0.0, 0.1, 0.2, 0.3)

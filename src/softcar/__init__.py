@@ -21,6 +21,7 @@ from softcar.losses import ClassificationLoss
 from softcar.model import ClassifierHead, SoftcarModel
 from softcar.persistence import atomic_directory, jsonable, write_json, write_tensors
 from softcar.query_generation import QUESTION_PROMPT, QueryGenerator, parse_questions
+from softcar.question_rows import QuestionRows
 from softcar.regularizers import HeadAnchor, ProximalTerm, SparseHeadAnchor
 from softcar.report import format_table
 from softcar.retriever import ClassifierRetriever, TrainingSetup
@@ -43,6 +44,7 @@ __all__ = [
     "HeadAnchor",
     "ProgressBar",
     "QUESTION_PROMPT",
+    "QuestionRows",
     "QueryGenerator",
     "ProximalTerm",
     "Regularizer",
