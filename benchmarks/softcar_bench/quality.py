@@ -12,7 +12,7 @@ fusion, no question rows), softcar now, and one ablation row per component. Prin
 writes ``benchmarks/results/quality.json``.
 
     python -m benchmarks.softcar_bench.quality [--settings chatterbot-B,debian-transfer] [--epochs 2]
-        [--ablations-on chatterbot-B]
+        [--ablations-on chatterbot-B] [--encoder /path/to/hf-model]
 """
 
 from __future__ import annotations
@@ -61,38 +61,43 @@ def setting_data(name: str, debian_docs: int) -> tuple[list, list[tuple[str, str
     return data.corpus, pairs, data.reworded
 
 
-def variants(epochs: int | None) -> dict[str, Any]:
-    """Retriever builders: baselines, before, now, and one ablation per component."""
+def variants(epochs: int | None, encoder: str | None = None) -> dict[str, Any]:
+    """Retriever builders: baselines, before, now, and one ablation per component; ``encoder``
+    (a local model directory, default softcar's) is the frozen SLM of every encoder row."""
     train = TrainConfig(show_progress=False)
     if epochs is not None:
         train = train.model_copy(update={"epochs": epochs})
     return {
         "BM25": lambda: BM25Retriever(),
-        "frozen inner product": lambda: InnerProductRetriever(show_progress=False),
+        "frozen inner product": lambda: InnerProductRetriever(encoder, show_progress=False),
         "softcar before (prototypes, no fusion/rows)": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"query_prototype_weight": 2.0}), scoring=SOFT_ONLY
+            encoder, config=train.model_copy(update={"query_prototype_weight": 2.0}), scoring=SOFT_ONLY
         ),
         "softcar before, untrained (epochs=0)": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"query_prototype_weight": 2.0, "epochs": 0}), scoring=SOFT_ONLY
+            encoder, config=train.model_copy(update={"query_prototype_weight": 2.0, "epochs": 0}), scoring=SOFT_ONLY
         ),
-        "softcar now": lambda: ClassifierRetriever(config=train),
-        "softcar now, untrained (epochs=0)": lambda: ClassifierRetriever(config=train.model_copy(update={"epochs": 0})),
-        "  − BM25 fusion": lambda: ClassifierRetriever(config=train, scoring=ScoringConfig(hybrid_weight=0.0)),
-        "  − question rows": lambda: ClassifierRetriever(config=train, scoring=ScoringConfig(question_rows=False)),
+        "softcar now": lambda: ClassifierRetriever(encoder, config=train),
+        "softcar now, untrained (epochs=0)": lambda: ClassifierRetriever(
+            encoder, config=train.model_copy(update={"epochs": 0})
+        ),
+        "  − BM25 fusion": lambda: ClassifierRetriever(encoder, config=train, scoring=ScoringConfig(hybrid_weight=0.0)),
+        "  − question rows": lambda: ClassifierRetriever(
+            encoder, config=train, scoring=ScoringConfig(question_rows=False)
+        ),
         "  + logsumexp at full coverage (τ=0.1)": lambda: ClassifierRetriever(
-            config=train, scoring=ScoringConfig(full_coverage_temperature=0.1)
+            encoder, config=train, scoring=ScoringConfig(full_coverage_temperature=0.1)
         ),
         "  − BM25 fusion, untrained": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(hybrid_weight=0.0)
+            encoder, config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(hybrid_weight=0.0)
         ),
         "  − question rows, untrained": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(question_rows=False)
+            encoder, config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(question_rows=False)
         ),
         "  − adapter training (head only)": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"train_adapter": False})
+            encoder, config=train.model_copy(update={"train_adapter": False})
         ),
         "  − head training (adapter only)": lambda: ClassifierRetriever(
-            config=train.model_copy(update={"train_head": False})
+            encoder, config=train.model_copy(update={"train_head": False})
         ),
     }
 
@@ -107,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated settings with ablation rows ('all': every setting; 'none': no setting)",
     )
     parser.add_argument("--debian-docs", type=int, default=1000)
+    parser.add_argument(
+        "--encoder", default=None, help="local Hugging Face model directory (default: softcar's MiniLM)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", default="", help="Semicolon-separated retriever names to run (default: all).")
     parser.add_argument(
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ablations_on = settings if args.ablations_on == "all" else args.ablations_on.split(",")
     for setting in settings:
         corpus, pairs, (queries, qrels) = setting_data(setting, args.debian_docs)
-        for name, build in variants(args.epochs).items():
+        for name, build in variants(args.epochs, args.encoder).items():
             if setting not in ablations_on and (name.startswith("  ") or "untrained" in name):
                 continue
             if f"{setting}:{name.strip()}" in skip or (args.only and name.strip() not in args.only.split(";")):
@@ -152,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     "epochs": TrainConfig().epochs if args.epochs is None else args.epochs,
                     "load_average": os.getloadavg(),
                     "debian_docs": args.debian_docs,
+                    "encoder": args.encoder or "default (all-MiniLM-L6-v2)",
                     "rows": rows,
                     "wall_s": time.perf_counter() - started,
                 },
