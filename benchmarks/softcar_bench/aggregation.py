@@ -15,7 +15,7 @@ For each aggregation the table gives R@1 at each ``question_offset`` of the grid
 the grid (an oracle: chosen on the test questions, for both aggregations alike). Prints the table
 and writes ``benchmarks/results/aggregation.json``.
 
-    python -m benchmarks.softcar_bench.aggregation
+    python -m benchmarks.softcar_bench.aggregation [--encoder /path/to/hf-model]
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 OFFSETS = (0.0, 0.1, 0.2, 0.3)
 
 
-def _embeddings(name: str) -> dict[str, torch.Tensor]:
+def _embeddings(name: str, encoder: str | None = None) -> dict[str, torch.Tensor]:
     data = load_dataset(name)
-    frozen = InnerProductRetriever(show_progress=False)
+    frozen = InnerProductRetriever(encoder, show_progress=False)
     row = {d.id: i for i, d in enumerate(data.corpus)}
     queries, qrels = data.reworded
     test = [(queries[q], row[next(iter(qrels[q]))]) for q in queries]
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--temperatures", default="0.05,0.1", help="logsumexp temperatures")
     parser.add_argument("--out", type=Path, default=RESULTS / "aggregation.json")
+    parser.add_argument(
+        "--encoder", default=None, help="local Hugging Face model directory (default: softcar's MiniLM)"
+    )
     args = parser.parse_args(argv)
     aggregations = ["max"] + [f"logsumexp τ={t}" for t in args.temperatures.split(",")]
     rows: list[dict[str, Any]] = []
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             print(f"skipping {name}: {missing}", file=sys.stderr)
             continue
-        embeddings = _embeddings(name)
+        embeddings = _embeddings(name, args.encoder)
         for fraction in [float(f) for f in args.fractions.split(",")]:
             measured = measure(embeddings, fraction, args.seeds, aggregations)
             for aggregation in aggregations:
@@ -117,7 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
     print(format_table(rows))
-    write_json(args.out, {"command": " ".join(sys.argv), "offsets": OFFSETS, "seeds": args.seeds, "rows": rows})
+    write_json(
+        args.out,
+        {
+            "command": " ".join(sys.argv),
+            "offsets": OFFSETS,
+            "seeds": args.seeds,
+            "encoder": args.encoder or "default",
+            "rows": rows,
+        },
+    )
     print(f"wrote {args.out}")
     return 0
 
