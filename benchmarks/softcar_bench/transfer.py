@@ -18,6 +18,8 @@ train the adapter. Prints a table and writes ``benchmarks/results/transfer-<data
     python -m benchmarks.softcar_bench.transfer --dataset debian --docs 400 --epochs 1 --fractions 0.5,0.1,0.9,0
     python -m benchmarks.softcar_bench.transfer --dataset chatterbot --fractions 0.5 --rows new \
         --options "label_smoothing=0.1;hard_negatives=16;margin_weight=1;token_dropout=0.1,word_swap=0.1"
+
+``--encoder DIR`` runs every encoder row on another local Hugging Face model.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         help="extra rows: ';'-separated TrainConfig updates on the new defaults, each 'key=value[,key=value]', "
         "e.g. 'label_smoothing=0.1;hard_negatives=16;token_dropout=0.1,word_swap=0.1;train_head=false'",
     )
+    parser.add_argument(
+        "--encoder", default=None, help="local Hugging Face model directory (default: softcar's MiniLM)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     train = TrainConfig(epochs=args.epochs, show_progress=False)
     baselines: dict[str, tuple[Any, float]] = {
         "BM25": timed_fit(BM25Retriever, corpus, []),
-        "frozen inner product": timed_fit(lambda: InnerProductRetriever(show_progress=False), corpus, []),
+        "frozen inner product": timed_fit(lambda: InnerProductRetriever(args.encoder, show_progress=False), corpus, []),
     }
     rows: list[dict[str, Any]] = []
     for fraction in [float(f) for f in args.fractions.split(",")]:
@@ -155,22 +160,22 @@ def main(argv: list[str] | None = None) -> int:
         variants: dict[str, Callable[[], ClassifierRetriever]] = {}
         if "before" in wanted and pairs:
             variants["softcar before (main defaults)"] = lambda: ClassifierRetriever(
-                config=train.model_copy(update={"holdout_fraction": 0.0})
+                args.encoder, config=train.model_copy(update={"holdout_fraction": 0.0})
             )
         if "new" in wanted:
-            variants["softcar new defaults"] = lambda: ClassifierRetriever(config=train)
+            variants["softcar new defaults"] = lambda: ClassifierRetriever(args.encoder, config=train)
         if "untrained" in wanted:
             variants["  − training (epochs=0)"] = lambda: ClassifierRetriever(
-                config=train.model_copy(update={"epochs": 0})
+                args.encoder, config=train.model_copy(update={"epochs": 0})
             )
         if "head-only" in wanted:
             variants["  − adapter training (head only)"] = lambda: ClassifierRetriever(
-                config=train.model_copy(update={"train_adapter": False})
+                args.encoder, config=train.model_copy(update={"train_adapter": False})
             )
         for option in filter(None, args.options.split(";")):
             update = parse_options(option)
             variants[f"  + {option}"] = lambda update=update: ClassifierRetriever(
-                config=train.model_copy(update=update)
+                args.encoder, config=train.model_copy(update=update)
             )
         for name, build in variants.items():
             retriever, fit_s = timed_fit(build, corpus, pairs)
@@ -197,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dataset": args.dataset,
                 "docs": len(corpus),
                 "epochs": args.epochs,
+                "encoder": args.encoder or "default (all-MiniLM-L6-v2)",
                 "seed": args.seed,
                 "load_average": os.getloadavg(),
                 "note": "timings depend on the machine's load: see load_average (1, 5, 15 min) at the time of writing",
