@@ -21,6 +21,7 @@ import argparse
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,41 +65,36 @@ def setting_data(name: str, debian_docs: int) -> tuple[list, list[tuple[str, str
 def variants(epochs: int | None, encoder: str | None = None) -> dict[str, Any]:
     """Retriever builders: baselines, before, now, and one ablation per component; ``encoder``
     (a local model directory, default softcar's) is the frozen SLM of every encoder row."""
+    classifier = partial(ClassifierRetriever, encoder)
     train = TrainConfig(show_progress=False)
     if epochs is not None:
         train = train.model_copy(update={"epochs": epochs})
     return {
         "BM25": lambda: BM25Retriever(),
         "frozen inner product": lambda: InnerProductRetriever(encoder, show_progress=False),
-        "softcar before (prototypes, no fusion/rows)": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"query_prototype_weight": 2.0}), scoring=SOFT_ONLY
+        "softcar before (prototypes, no fusion/rows)": lambda: classifier(
+            config=train.model_copy(update={"query_prototype_weight": 2.0}), scoring=SOFT_ONLY
         ),
-        "softcar before, untrained (epochs=0)": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"query_prototype_weight": 2.0, "epochs": 0}), scoring=SOFT_ONLY
+        "softcar before, untrained (epochs=0)": lambda: classifier(
+            config=train.model_copy(update={"query_prototype_weight": 2.0, "epochs": 0}), scoring=SOFT_ONLY
         ),
-        "softcar now": lambda: ClassifierRetriever(encoder, config=train),
-        "softcar now, untrained (epochs=0)": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"epochs": 0})
+        "softcar now": lambda: classifier(config=train),
+        "softcar now, untrained (epochs=0)": lambda: classifier(config=train.model_copy(update={"epochs": 0})),
+        "  − BM25 fusion": lambda: classifier(config=train, scoring=ScoringConfig(hybrid_weight=0.0)),
+        "  − question rows": lambda: classifier(config=train, scoring=ScoringConfig(question_rows=False)),
+        "  + logsumexp at full coverage (τ=0.1)": lambda: classifier(
+            config=train, scoring=ScoringConfig(full_coverage_temperature=0.1)
         ),
-        "  − BM25 fusion": lambda: ClassifierRetriever(encoder, config=train, scoring=ScoringConfig(hybrid_weight=0.0)),
-        "  − question rows": lambda: ClassifierRetriever(
-            encoder, config=train, scoring=ScoringConfig(question_rows=False)
+        "  − BM25 fusion, untrained": lambda: classifier(
+            config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(hybrid_weight=0.0)
         ),
-        "  + logsumexp at full coverage (τ=0.1)": lambda: ClassifierRetriever(
-            encoder, config=train, scoring=ScoringConfig(full_coverage_temperature=0.1)
+        "  − question rows, untrained": lambda: classifier(
+            config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(question_rows=False)
         ),
-        "  − BM25 fusion, untrained": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(hybrid_weight=0.0)
+        "  − adapter training (head only)": lambda: classifier(
+            config=train.model_copy(update={"train_adapter": False})
         ),
-        "  − question rows, untrained": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"epochs": 0}), scoring=ScoringConfig(question_rows=False)
-        ),
-        "  − adapter training (head only)": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"train_adapter": False})
-        ),
-        "  − head training (adapter only)": lambda: ClassifierRetriever(
-            encoder, config=train.model_copy(update={"train_head": False})
-        ),
+        "  − head training (adapter only)": lambda: classifier(config=train.model_copy(update={"train_head": False})),
     }
 
 

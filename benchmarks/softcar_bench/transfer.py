@@ -31,6 +31,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     corpus, labelled_side, test_side = load(args.dataset, args.docs)
     train = TrainConfig(epochs=args.epochs, show_progress=False)
+    classifier = partial(ClassifierRetriever, args.encoder)
     baselines: dict[str, tuple[Any, float]] = {
         "BM25": timed_fit(BM25Retriever, corpus, []),
         "frozen inner product": timed_fit(lambda: InnerProductRetriever(args.encoder, show_progress=False), corpus, []),
@@ -159,24 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         block = [measure(name, r, s, queries, qrels) for name, (r, s) in baselines.items()]
         variants: dict[str, Callable[[], ClassifierRetriever]] = {}
         if "before" in wanted and pairs:
-            variants["softcar before (main defaults)"] = lambda: ClassifierRetriever(
-                args.encoder, config=train.model_copy(update={"holdout_fraction": 0.0})
+            variants["softcar before (main defaults)"] = lambda: classifier(
+                config=train.model_copy(update={"holdout_fraction": 0.0})
             )
         if "new" in wanted:
-            variants["softcar new defaults"] = lambda: ClassifierRetriever(args.encoder, config=train)
+            variants["softcar new defaults"] = lambda: classifier(config=train)
         if "untrained" in wanted:
-            variants["  − training (epochs=0)"] = lambda: ClassifierRetriever(
-                args.encoder, config=train.model_copy(update={"epochs": 0})
-            )
+            variants["  − training (epochs=0)"] = lambda: classifier(config=train.model_copy(update={"epochs": 0}))
         if "head-only" in wanted:
-            variants["  − adapter training (head only)"] = lambda: ClassifierRetriever(
-                args.encoder, config=train.model_copy(update={"train_adapter": False})
+            variants["  − adapter training (head only)"] = lambda: classifier(
+                config=train.model_copy(update={"train_adapter": False})
             )
         for option in filter(None, args.options.split(";")):
             update = parse_options(option)
-            variants[f"  + {option}"] = lambda update=update: ClassifierRetriever(
-                args.encoder, config=train.model_copy(update=update)
-            )
+            variants[f"  + {option}"] = lambda update=update: classifier(config=train.model_copy(update=update))
         for name, build in variants.items():
             retriever, fit_s = timed_fit(build, corpus, pairs)
             block.append(measure(name, retriever, fit_s, queries, qrels))
