@@ -9,9 +9,9 @@ embeddings alone (``benchmarks/softcar_bench/aggregation.py``) that gains 0.9 / 
 R@1 on the rewordings with every document labelled (chatterbot_qa / python-faq). With documents
 left unlabelled it is never better than the maximum at any offset, and up to 12.5 points worse.
 In the calibrated pipeline with BM25 fusion it lost 0.6 points on both sets, so it is off.
-With a hybrid weight
-``α > 0`` the result is fused with BM25: ``α · z(bm25) + (1 - α) · z(soft)``, ``z`` standardising
-each query's scores over the corpus so that the two scales are comparable.
+
+With a hybrid weight ``α > 0`` the result is fused with BM25: ``α · z(bm25) + (1 - α) · z(soft)``,
+``z`` standardising each query's scores over the corpus so that the two scales are comparable.
 
 A repeat of a remembered question (similarity ≥ ``REPEAT_SIMILARITY``) always returns its
 document first: confirmed feedback is honoured before any training or calibration.
