@@ -7,7 +7,7 @@ import torch
 
 from softcar import ClassifierRetriever, Document, ScoringConfig
 from softcar.holdout import keep_trained, split_by_document
-from softcar.scoring import Calibration
+from softcar.scoring import Calibration, convincing_gain
 from tests.conftest import FAST
 from tests.test_retriever import QUESTIONS
 
@@ -41,6 +41,38 @@ def test_keep_trained_needs_both_estimates() -> None:
     assert not keep_trained(before, Calibration(expected_recall=0.9, unseen_recall=0.6))  # unseen lost
     assert not keep_trained(before, Calibration(expected_recall=0.9, unseen_recall=0.8), margin=0.2)
     assert keep_trained(Calibration(), Calibration(expected_recall=0.1, unseen_recall=0.1))  # nothing to judge
+
+
+def test_convincing_gain_is_a_paired_sign_test() -> None:
+    assert convincing_gain([0, 0, 0], [1, 1, 0], 1.0)  # 2 won, 0 lost: 2 > sqrt(2)
+    assert not convincing_gain([0, 0], [1, 0], 1.0)  # 1 won: 1 > sqrt(1) fails
+    assert not convincing_gain([0, 1, 0, 1], [1, 0, 1, 0], 1.0)  # as many lost as won
+    assert not convincing_gain([0, 0, 0], [1, 1, 0], 2.0)  # 2 > 2 * sqrt(2) fails
+    assert convincing_gain([0.0] * 5, [1.0] * 5, 2.0)  # 5 > 2 * sqrt(5)
+    assert not convincing_gain(None, [1.0], 1.0) and not convincing_gain([0.0], [1.0, 1.0], 1.0)  # unpaired
+
+
+def test_keep_trained_with_standard_errors_needs_a_per_question_gain() -> None:
+    """Means that say "better" are not enough when one question of many makes the difference."""
+    before = Calibration(expected_recall=0.5, unseen_recall=0.5)
+    hits_before = [1.0, 0.0] * 10
+    one_lucky = Calibration(expected_recall=0.55, unseen_recall=0.5)
+    lucky_hits = [1.0] * 11 + [0.0] * 9  # 5 won, 4 lost
+    assert keep_trained(before, one_lucky, hits=(hits_before, lucky_hits))
+    assert not keep_trained(before, one_lucky, standard_errors=1.0, hits=(hits_before, lucky_hits))
+    clear = Calibration(expected_recall=0.8, unseen_recall=0.6)
+    clear_hits = [1.0] * 16 + [0.0] * 4  # 8 won, 2 lost: 6 > sqrt(10)
+    assert keep_trained(before, clear, standard_errors=1.0, hits=(hits_before, clear_hits))
+    assert not keep_trained(before, clear, standard_errors=1.0)  # no paired evidence
+
+
+def test_guard_standard_errors_judges_the_held_out_pairs(tiny_bert: str, corpus: list[Document]) -> None:
+    """Ten standard errors cannot be reached on six held-out pairs: the fit rolls back."""
+    config = FAST.model_copy(update={"holdout_fraction": 0.5, "guard_margin": -1.0, "guard_standard_errors": 10.0})
+    strict = ClassifierRetriever(tiny_bert, config=config).fit(corpus, queries=_pairs(corpus))
+    assert strict.training_kept is False
+    lenient = ClassifierRetriever(tiny_bert, config=config.model_copy(update={"guard_standard_errors": 0.0}))
+    assert lenient.fit(corpus, queries=_pairs(corpus)).training_kept is True  # margin -1 keeps anything
 
 
 def _pairs(corpus: list[Document]) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from softcar.scoring import Calibration
+from softcar.scoring import Calibration, convincing_gain
 from softcar.training_data import Example
 
 
@@ -36,20 +36,32 @@ def split_by_document(
     return [p for p in pairs if p[1] not in held], [p for p in pairs if p[1] in held]
 
 
-def keep_trained(untrained: Calibration, trained: Calibration, margin: float = 0.0) -> bool:
+def keep_trained(
+    untrained: Calibration,
+    trained: Calibration,
+    margin: float = 0.0,
+    standard_errors: float = 0.0,
+    hits: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> bool:
     """Whether training earned its place on the held-out feedback.
 
     The trained model must do at least as well (plus ``margin``) both in expected R@1 and on
     questions about documents without feedback (``unseen_recall``), and strictly better in one
     of them when ``margin`` is 0: a tie (common with a few dozen held-out pairs) is no evidence
     that training helps, and the untrained model is the one known not to lose to frozen search.
-    A calibration without estimates (nothing held out) keeps the trained model: there is no
-    evidence either way, and training on the documents' own spans is the method's default.
+    With ``standard_errors`` > 0 the per-question gain (``hits``: each calibration's expected
+    hit per held-out pair, ``softcar.scoring.setting_hits``) must also exceed that many standard
+    errors of the paired difference, so that one or two lucky questions of a few dozen do not
+    keep a training. A calibration without estimates (nothing held out) keeps the trained
+    model: there is no evidence either way, and training on the documents' own spans is the
+    method's default.
     """
     pairs = ((untrained.expected_recall, trained.expected_recall), (untrained.unseen_recall, trained.unseen_recall))
     known = [(before, after) for before, after in pairs if before is not None and after is not None]
     if len(known) < len(pairs):
         return True
     if not all(after >= before + margin for before, after in known):
+        return False
+    if standard_errors > 0 and (hits is None or not convincing_gain(hits[0], hits[1], standard_errors)):
         return False
     return margin != 0 or any(after > before for before, after in known)

@@ -47,6 +47,7 @@ from softcar.scoring import (
     calibrate,
     combine,
     reword,
+    setting_hits,
 )
 from softcar.sparse_adam import RowSparseAdam
 from softcar.trainer import LossFn, ProgressBar, Regularizer, Trainer, TrainerCallback, TrainResult
@@ -156,6 +157,7 @@ class ClassifierRetriever(BaseRetriever):
         self.training_kept: bool | None = None
         """Whether the last guarded training run was kept (``None``: nothing was held out to judge
         by, so training was kept unjudged), see softcar.holdout."""
+        self._calibration_hits: list[float] = []  # per pair of the last calibration (setting_hits)
         scoring = self.config.scoring
         self._questions = QuestionRows(self.model.encoder.dim, scoring.max_question_rows_per_document)
         self._lexical = BM25Retriever()
@@ -474,12 +476,19 @@ class ClassifierRetriever(BaseRetriever):
             self._calibrate()
             return losses
         untrained = self._calibrate(held)
+        untrained_hits = self._calibration_hits
         snapshot = self.trainable_state_dict()
         vectors = self._questions.vectors.clone()
         losses = self._train(examples, epochs, description).epoch_losses
         self._refresh_questions()
         trained = self._calibrate(held)
-        self.training_kept = keep_trained(untrained, trained, cfg.guard_margin)
+        self.training_kept = keep_trained(
+            untrained,
+            trained,
+            cfg.guard_margin,
+            cfg.guard_standard_errors,
+            hits=(untrained_hits, self._calibration_hits),
+        )
         logger.info(
             "%s on %d held-out pairs: untrained R@1 %.3f (unseen %.3f), trained %.3f (unseen %.3f): %s",
             description,
@@ -546,6 +555,7 @@ class ClassifierRetriever(BaseRetriever):
                 hybrid_weight=scoring.default_hybrid_weight if fixed_alpha is None else fixed_alpha,
                 question_offset=scoring.question_offset if scoring.question_rows else None,
             )
+            self._calibration_hits = []
             return self.calibration
         labels = torch.tensor([row for _, row in pairs])
         use_lexical = fixed_alpha != 0
@@ -568,9 +578,10 @@ class ClassifierRetriever(BaseRetriever):
         coverage = scoring.feedback_coverage
         if coverage is None:
             coverage = len(set(self._questions.rows.tolist())) / len(self._documents) if len(self._questions) else 0.0
+        seen_view = seen if unseen.question_best is not None else None
         self.calibration = calibrate(
             unseen,
-            seen if unseen.question_best is not None else None,
+            seen_view,
             coverage,
             hybrid_grid=HYBRID_GRID if fixed_alpha is None else (fixed_alpha,),
             offset_grid=OFFSET_GRID if scoring.question_offset is None else (scoring.question_offset,),
@@ -578,6 +589,7 @@ class ClassifierRetriever(BaseRetriever):
             prior_hybrid_weight=scoring.default_hybrid_weight,
             full_coverage_temperature=scoring.full_coverage_temperature,
         )
+        self._calibration_hits = setting_hits(self.calibration, unseen, seen_view, coverage)[0].tolist()
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
         return self.calibration
 

@@ -47,6 +47,7 @@ only fits them (10 % feedback on chatterbot_qa: α 0.2 from 32 pairs cost 3 poin
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +81,20 @@ class Calibration(BaseModel):
     unseen_recall: float | None = None
     """Its leave-one-out R@1: questions about documents without feedback."""
     pairs: int = 0
+
+
+def convincing_gain(before: Sequence[float] | None, after: Sequence[float] | None, standard_errors: float) -> bool:
+    """Whether ``after`` beats ``before``, paired question by question, by more than
+    ``standard_errors`` standard errors of the difference under "no difference".
+
+    ``sum(d) > z * sqrt(sum(d**2))`` for the per-question differences ``d``: for 0/1 hits,
+    w - l > z * sqrt(w + l). Missing or unpaired hits (calibrations on different pairs) are no
+    evidence, so no gain.
+    """
+    if before is None or after is None or len(before) != len(after) or not before:
+        return False
+    differences = [a - b for a, b in zip(after, before)]
+    return sum(differences) > standard_errors * math.sqrt(sum(d * d for d in differences))
 
 
 def zscore(scores: torch.Tensor) -> torch.Tensor:
@@ -139,6 +154,19 @@ class HeldOut:
         return float(self.hits(setting).mean())
 
 
+def setting_hits(
+    setting: Calibration, unseen: HeldOut, seen: HeldOut | None, coverage: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per calibration question: ``(expected hit, unseen hit)`` under ``setting``.
+
+    The expected hit is the chance a new question like it is answered, ``c·seen + (1-c)·unseen``
+    for coverage ``c`` (see ``calibrate``); without a ``seen`` view both are the unseen hit.
+    """
+    unseen_hits = unseen.hits(setting)
+    seen_hits = seen.hits(setting) if seen is not None else unseen_hits
+    return coverage * seen_hits + (1 - coverage) * unseen_hits, unseen_hits
+
+
 def calibrate(
     unseen: HeldOut,
     seen: HeldOut | None = None,
@@ -173,14 +201,12 @@ def calibrate(
     """
     protect = 1 - coverage > tolerance  # documents without feedback exist
     temperature = None if protect else full_coverage_temperature
-    # Per question, the chance a new question like it is answered: c·seen + (1-c)·unseen.
     scored: dict[tuple[float, float | None], tuple[torch.Tensor, float]] = {}
     for alpha in hybrid_grid if unseen.lexical is not None else (0.0,):
         for offset in offset_grid if unseen.question_best is not None else (None,):
             setting = Calibration(hybrid_weight=alpha, question_offset=offset, question_temperature=temperature)
-            unseen_hits = unseen.hits(setting)
-            seen_hits = seen.hits(setting) if seen is not None else unseen_hits
-            scored[alpha, offset] = (coverage * seen_hits + (1 - coverage) * unseen_hits, float(unseen_hits.mean()))
+            expected_hits, unseen_hits = setting_hits(setting, unseen, seen, coverage)
+            scored[alpha, offset] = (expected_hits, float(unseen_hits.mean()))
     # Do no harm to documents without feedback: rows may only be used where they keep the
     # leave-one-out R@1 within tolerance of the best setting that does not use them. Where
     # (almost) every document has feedback there are no such documents to protect.
@@ -196,13 +222,11 @@ def calibrate(
     if prior in scored:
         base = scored[prior][0]
 
-        def convincing(per_question: torch.Tensor) -> bool:
-            # Mean difference above its standard error under "no difference" (a sign test
-            # at one sigma): with w questions won and l lost, w - l > sqrt(w + l).
-            difference = (per_question - base).double()
-            return float(difference.sum()) > float(difference.square().sum().sqrt())
-
-        scored = {key: value for key, value in scored.items() if key == prior or convincing(value[0])}
+        scored = {
+            key: value
+            for key, value in scored.items()
+            if key == prior or convincing_gain(base.tolist(), value[0].tolist(), 1.0)
+        }
     results = [(float(per_question.mean()), u, alpha, offset) for (alpha, offset), (per_question, u) in scored.items()]
     best = max(r[0] for r in results)
 
