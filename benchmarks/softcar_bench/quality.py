@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -95,6 +96,9 @@ def variants(epochs: int | None, encoder: str | None = None) -> dict[str, Any]:
             config=train.model_copy(update={"train_adapter": False})
         ),
         "  − head training (adapter only)": lambda: classifier(config=train.model_copy(update={"train_head": False})),
+        "  − guard's per-question test (guard_standard_errors=0)": lambda: classifier(
+            config=train.model_copy(update={"guard_standard_errors": 0.0})
+        ),
     }
 
 
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(
                 args.out,
                 {
+                    "command": "python -m benchmarks.softcar_bench.quality "
+                    + " ".join(sys.argv[1:] if argv is None else argv),
                     "epochs": TrainConfig().epochs if args.epochs is None else args.epochs,
                     "load_average": os.getloadavg(),
                     "debian_docs": args.debian_docs,

@@ -5,7 +5,8 @@ calibration trusted them (no BM25, no question rows) and training lowered R@1 on
 nobody had asked about. Instead a share of the *documents* with feedback is kept out of
 training altogether: their questions are then exactly what a deployment gets for documents
 without feedback, scored by a model that never saw them. Calibration runs on them, and the
-trained adapter + head are kept only if they beat the untrained (frozen) model on them; the
+trained adapter + head are kept only if they beat the untrained (frozen) model on them, question
+by question by more than one standard error (``TrainConfig.guard_standard_errors``); the
 retriever otherwise rolls back, so training can never make things worse than what its own
 held-out evidence says the frozen model does.
 """
@@ -52,9 +53,9 @@ def keep_trained(
     With ``standard_errors`` > 0 the per-question gain (``hits``: each calibration's expected
     hit per held-out pair, ``softcar.scoring.setting_hits``) must also exceed that many standard
     errors of the paired difference, so that one or two lucky questions of a few dozen do not
-    keep a training. A calibration without estimates (nothing held out) keeps the trained
-    model: there is no evidence either way, and training on the documents' own spans is the
-    method's default.
+    keep a training; a negative ``margin``, which tolerates a loss, skips this test. A
+    calibration without estimates (nothing held out) keeps the trained model: there is no
+    evidence either way, and training on the documents' own spans is the method's default.
     """
     pairs = ((untrained.expected_recall, trained.expected_recall), (untrained.unseen_recall, trained.unseen_recall))
     known = [(before, after) for before, after in pairs if before is not None and after is not None]
@@ -62,6 +63,6 @@ def keep_trained(
         return True
     if not all(after >= before + margin for before, after in known):
         return False
-    if standard_errors > 0 and (hits is None or not convincing_gain(hits[0], hits[1], standard_errors)):
+    if standard_errors > 0 and margin >= 0 and (hits is None or not convincing_gain(hits[0], hits[1], standard_errors)):
         return False
     return margin != 0 or any(after > before for before, after in known)

@@ -157,7 +157,9 @@ class ClassifierRetriever(BaseRetriever):
         self.training_kept: bool | None = None
         """Whether the last guarded training run was kept (``None``: nothing was held out to judge
         by, so training was kept unjudged), see softcar.holdout."""
-        self._calibration_hits: list[float] = []  # per pair of the last calibration (setting_hits)
+        self.calibration_hits: list[float] = []
+        """Per pair of the last calibration, the expected hit of the setting it chose
+        (softcar.scoring.setting_hits): the per-question evidence the guard compares. Not saved."""
         scoring = self.config.scoring
         self._questions = QuestionRows(self.model.encoder.dim, scoring.max_question_rows_per_document)
         self._lexical = BM25Retriever()
@@ -476,7 +478,7 @@ class ClassifierRetriever(BaseRetriever):
             self._calibrate()
             return losses
         untrained = self._calibrate(held)
-        untrained_hits = self._calibration_hits
+        untrained_hits = self.calibration_hits
         snapshot = self.trainable_state_dict()
         vectors = self._questions.vectors.clone()
         losses = self._train(examples, epochs, description).epoch_losses
@@ -487,7 +489,7 @@ class ClassifierRetriever(BaseRetriever):
             trained,
             cfg.guard_margin,
             cfg.guard_standard_errors,
-            hits=(untrained_hits, self._calibration_hits),
+            hits=(untrained_hits, self.calibration_hits),
         )
         logger.info(
             "%s on %d held-out pairs: untrained R@1 %.3f (unseen %.3f), trained %.3f (unseen %.3f): %s",
@@ -555,7 +557,7 @@ class ClassifierRetriever(BaseRetriever):
                 hybrid_weight=scoring.default_hybrid_weight if fixed_alpha is None else fixed_alpha,
                 question_offset=scoring.question_offset if scoring.question_rows else None,
             )
-            self._calibration_hits = []
+            self.calibration_hits = []
             return self.calibration
         labels = torch.tensor([row for _, row in pairs])
         use_lexical = fixed_alpha != 0
@@ -589,7 +591,7 @@ class ClassifierRetriever(BaseRetriever):
             prior_hybrid_weight=scoring.default_hybrid_weight,
             full_coverage_temperature=scoring.full_coverage_temperature,
         )
-        self._calibration_hits = setting_hits(self.calibration, unseen, seen_view, coverage)[0].tolist()
+        self.calibration_hits = setting_hits(self.calibration, unseen, seen_view, coverage)[0].tolist()
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
         return self.calibration
 
