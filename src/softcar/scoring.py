@@ -220,12 +220,9 @@ def calibrate(
     alphas = sorted({alpha for alpha, _ in scored})
     prior = (min(alphas, key=lambda a: abs(a - prior_hybrid_weight)), None)
     if prior in scored:
-        base = scored[prior][0]
-
+        base = scored[prior][0].tolist()
         scored = {
-            key: value
-            for key, value in scored.items()
-            if key == prior or convincing_gain(base.tolist(), value[0].tolist(), 1.0)
+            key: value for key, value in scored.items() if key == prior or convincing_gain(base, value[0].tolist(), 1.0)
         }
     results = [(float(per_question.mean()), u, alpha, offset) for (alpha, offset), (per_question, u) in scored.items()]
     best = max(r[0] for r in results)
