@@ -56,13 +56,14 @@ def test_rows_that_steal_in_leave_one_out_are_used_when_every_document_has_feedb
     """Full coverage: every new question is about a document with feedback, so the
     leave-one-out floor (which protects documents without feedback) does not apply and the
     rows that find rewordings are used (the main job's chatterbot_qa setting)."""
-    labels = torch.arange(4)
-    soft = torch.eye(4) * 0.3 + 0.3
-    stolen = torch.full((4, 4), float("-inf"))
-    stolen[torch.arange(4), (labels + 1) % 4] = 0.95
-    seen_soft = torch.full((4, 4), 0.5) + 0.01 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
-    own_rows = torch.full((4, 4), float("-inf"))
-    own_rows[torch.arange(4), labels] = 0.9
+    n = 8  # all n won: z = √n, past the two standard errors calibration asks for
+    labels = torch.arange(n)
+    soft = torch.eye(n) * 0.3 + 0.3
+    stolen = torch.full((n, n), float("-inf"))
+    stolen[torch.arange(n), (labels + 1) % n] = 0.95
+    seen_soft = torch.full((n, n), 0.5) + 0.01 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((n, n), float("-inf"))
+    own_rows[torch.arange(n), labels] = 0.9
     seen = HeldOut(seen_soft, own_rows, None, labels)
     chosen = calibrate(HeldOut(soft, stolen, None, labels), seen, coverage=1.0)
     assert chosen.question_offset is not None
@@ -70,16 +71,16 @@ def test_rows_that_steal_in_leave_one_out_are_used_when_every_document_has_feedb
 
 
 def test_calibration_learns_the_hybrid_weight() -> None:
-    labels = torch.arange(5)
-    soft = torch.rand(5, 5, generator=torch.Generator().manual_seed(0))  # uninformative
-    lexical = torch.eye(5) * 3.0  # BM25 is right
+    labels = torch.arange(8)
+    soft = torch.rand(8, 8, generator=torch.Generator().manual_seed(0))  # uninformative
+    lexical = torch.eye(8) * 3.0  # BM25 is right
     assert calibrate(HeldOut(soft, None, lexical, labels)).hybrid_weight > 0
     assert calibrate(HeldOut(lexical, None, soft, labels)).hybrid_weight == 0.0
 
 
 def test_a_weight_that_wins_one_question_of_thirty_is_not_evidence() -> None:
-    """Few pairs: a hybrid weight that beats the prior by one question (within one standard
-    error) is noise, so the prior stays; one that wins many questions is taken."""
+    """Few pairs: a hybrid weight that beats the prior by one question (z = 1, within the
+    standard errors calibration asks for) is noise, so the prior stays; one that wins many questions is taken."""
     n = 30
     labels = torch.arange(n)
     soft = torch.eye(n)  # the soft score alone is right on every question but one
@@ -92,13 +93,30 @@ def test_a_weight_that_wins_one_question_of_thirty_is_not_evidence() -> None:
     assert calibrate(HeldOut(wrong, None, torch.eye(n), labels), prior_hybrid_weight=0.0).hybrid_weight > 0
 
 
+def test_two_lucky_questions_need_the_configured_standard_errors_to_move_the_weight() -> None:
+    """Two wins and no losses is z = √2: enough for one standard error, not for the default two."""
+    n = 30
+    labels = torch.arange(n)
+    soft = torch.eye(n)
+    lexical = torch.eye(n) * 0.01
+    for question in (0, 1):  # the soft score misses two questions, BM25 rescues them
+        soft[question] = 0.0
+        soft[question, question + 1] = 1.0
+        lexical[question, question] = 100.0
+    held_out = HeldOut(soft, None, lexical, labels)
+    assert calibrate(held_out, prior_hybrid_weight=0.0).hybrid_weight == 0.0
+    assert calibrate(held_out, prior_hybrid_weight=0.0, standard_errors=1.0).hybrid_weight > 0
+    assert ScoringConfig().calibration_standard_errors == 2.0
+
+
 def test_calibration_uses_rows_when_every_document_has_feedback() -> None:
     """Full coverage: new questions are rewordings of known ones, where rows help."""
-    labels = torch.arange(4)
-    soft = torch.full((4, 4), 0.5) + 0.01 * torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
-    own_rows = torch.full((4, 4), float("-inf"))
-    own_rows[torch.arange(4), labels] = 0.9  # a reworded question finds its original
-    hidden = torch.full((4, 4), float("-inf"))  # leave-one-out: nothing left
+    n = 8
+    labels = torch.arange(n)
+    soft = torch.full((n, n), 0.5) + 0.01 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    own_rows = torch.full((n, n), float("-inf"))
+    own_rows[torch.arange(n), labels] = 0.9  # a reworded question finds its original
+    hidden = torch.full((n, n), float("-inf"))  # leave-one-out: nothing left
     chosen = calibrate(HeldOut(soft, hidden, None, labels), HeldOut(soft, own_rows, None, labels), coverage=1.0)
     assert chosen.question_offset is not None and chosen.expected_recall == 1.0
 

@@ -111,13 +111,18 @@ def timed_fit(build: Callable[[], Any], corpus: list[Document], pairs: Questions
     return retriever, time.perf_counter() - start
 
 
-def parse_options(text: str) -> dict[str, Any]:
-    """``'a=0.1,b=true'`` → ``{'a': 0.1, 'b': True}``, validated by ``TrainConfig``."""
-    update: dict[str, Any] = {}
+def parse_options(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``'a=0.1,b=true'`` → (``TrainConfig`` updates, ``ScoringConfig`` settings), each key
+    validated by the config that has it."""
+    train: dict[str, Any] = {}
+    scoring: dict[str, Any] = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        update[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
-    return TrainConfig(**update).model_dump(include=set(update))
+        key = key.strip()
+        target = scoring if key in ScoringConfig.model_fields else train
+        target[key] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
+    train_update = TrainConfig(**train).model_dump(include=set(train))
+    return train_update, ScoringConfig(**scoring).model_dump(include=set(scoring))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--options",
         default="",
-        help="extra rows: ';'-separated TrainConfig updates on the new defaults, each 'key=value[,key=value]', "
-        "e.g. 'label_smoothing=0.1;hard_negatives=16;token_dropout=0.1,word_swap=0.1;train_head=false'",
+        help="extra rows: ';'-separated TrainConfig / ScoringConfig updates on the new defaults, each "
+        "'key=value[,key=value]', e.g. 'label_smoothing=0.1;token_dropout=0.1,word_swap=0.1;"
+        "calibration_standard_errors=1'",
     )
     parser.add_argument(
         "--encoder", default=None, help="local Hugging Face model directory (default: softcar's MiniLM)"
@@ -173,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                 config=train.model_copy(update={"train_adapter": False})
             )
         for option in filter(None, args.options.split(";")):
-            update = parse_options(option)
-            variants[f"  + {option}"] = lambda update=update: classifier(config=train.model_copy(update=update))
+            update, scoring_update = parse_options(option)
+            variants[f"  + {option}"] = lambda update=update, scoring_update=scoring_update: classifier(
+                config=train.model_copy(update=update), scoring=ScoringConfig(**scoring_update)
+            )
         for name, build in variants.items():
             retriever, fit_s = timed_fit(build, corpus, pairs)
             block.append(measure(name, retriever, fit_s, queries, qrels))

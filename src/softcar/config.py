@@ -176,6 +176,11 @@ class ScoringConfig(BaseModel):
     own documents, inside a larger shared index, knows better (softcar-federated sets it)."""
     calibration_tolerance: float = Field(0.01, ge=0)
     """Leave-one-out R@1 that may be traded for more use of question rows (see softcar.scoring)."""
+    calibration_standard_errors: float = Field(2.0, ge=0)
+    """Evidence a calibrated setting needs to replace the prior (``default_hybrid_weight``, rows
+    off): its per-question gain must exceed this many standard errors (softcar.scoring). 1 let one
+    lucky question of 32 move α on chatterbot_qa at 10 % feedback (−3.1 R@1, benchmarks/README.md);
+    0 takes the best setting however thin the evidence."""
     calibration_pairs: PositiveInt = 2000
     """At most this many (most recent) pairs are used to calibrate."""
     calibration_rewordings: PositiveInt = 512

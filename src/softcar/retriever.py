@@ -590,6 +590,7 @@ class ClassifierRetriever(BaseRetriever):
             tolerance=scoring.calibration_tolerance,
             prior_hybrid_weight=scoring.default_hybrid_weight,
             full_coverage_temperature=scoring.full_coverage_temperature,
+            standard_errors=scoring.calibration_standard_errors,
         )
         self.calibration_hits = setting_hits(self.calibration, unseen, seen_view, coverage)[0].tolist()
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)

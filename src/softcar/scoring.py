@@ -40,9 +40,11 @@ documents without feedback, so it is lifted when they are fewer than the toleran
 document has feedback): there is then nobody to protect, and the leave-one-out view only
 describes documents that do not exist (the main job at full coverage lost 13 points R@1 to it).
 Finally, evidence before change: a setting other than the prior one (the hybrid weight used
-before any feedback, question rows off) is only chosen if it beats the prior by more than one
-standard error of the per-question difference, so a few dozen pairs cannot pick a weight that
-only fits them (10 % feedback on chatterbot_qa: α 0.2 from 32 pairs cost 3 points).
+before any feedback, question rows off) is only chosen if it beats the prior by more than two
+standard errors of the per-question difference (``ScoringConfig.calibration_standard_errors``),
+so a few dozen pairs cannot pick a weight that only fits them. One standard error was not
+enough: with 10 % feedback on chatterbot_qa, one lucky question plus fractional wins on
+simulated rewordings passed it (z 1.3), and α 0.2 from 32 pairs cost 3 points R@1.
 """
 
 from __future__ import annotations
@@ -177,27 +179,28 @@ def calibrate(
     tolerance: float = 0.01,
     prior_hybrid_weight: float = 0.0,
     full_coverage_temperature: float | None = None,
+    standard_errors: float = 2.0,
 ) -> Calibration:
     """Choose hybrid weight and question-row offset (see the module docstring).
 
-    ``unseen``: feedback questions with their own question rows hidden (a question about a
-    document nobody asked about). ``seen``: reworded copies of feedback questions with every row
-    visible (a rewording of a known question). ``coverage``: the share of documents that have
-    question rows, i.e. how often a new question is of the second kind if questions spread
-    evenly over documents. The expected R@1 ``coverage·seen + (1-coverage)·unseen`` is
-    maximised over the settings whose ``unseen`` R@1 is within ``tolerance`` of the best
-    setting without question rows (unless fewer than ``tolerance`` of the documents lack
-    feedback); among those within ``tolerance`` of the best, the one with the best ``unseen``
-    R@1 wins, so documents without feedback keep as much as possible (where there are none,
-    this preference is skipped like the floor: it would pick by documents that do not exist;
-    there, too, question rows combine with ``full_coverage_temperature``). A setting other than the
-    prior (``prior_hybrid_weight``, rows off) must beat the prior's expected R@1 by more than one standard
-    error of the paired per-question difference to be considered at all. Exact ties (common with
-    a few dozen held-out pairs) go to the hybrid weight nearest ``prior_hybrid_weight`` (the one
-    used before there is any feedback) and then to the most conservative use of question rows
-    (largest offset, rows off best): with no evidence either way, stay where unlabelled
-    documents were. Where every document has feedback, that last tie goes the other way, to the
-    fullest use of the rows (smallest offset).
+    ``unseen``: feedback questions with their own question rows hidden (a question about a document
+    nobody asked about). ``seen``: reworded copies of feedback questions with every row visible (a
+    rewording of a known question). ``coverage``: the share of documents that have question rows,
+    i.e. how often a new question is of the second kind if questions spread evenly over documents.
+    The expected R@1 ``coverage·seen + (1-coverage)·unseen`` is maximised over the settings whose
+    ``unseen`` R@1 is within ``tolerance`` of the best setting without question rows (unless fewer
+    than ``tolerance`` of the documents lack feedback); among those within ``tolerance`` of the
+    best, the one with the best ``unseen`` R@1 wins, so documents without feedback keep as much as
+    possible (where there are none, this preference is skipped like the floor: it would pick by
+    documents that do not exist; there, too, question rows combine with
+    ``full_coverage_temperature``). A setting other than the prior (``prior_hybrid_weight``, rows
+    off) must beat the prior's expected R@1 by more than ``standard_errors`` standard errors of the
+    paired per-question difference to be considered at all. Exact ties (common with a few dozen
+    held-out pairs) go to the hybrid weight nearest ``prior_hybrid_weight`` (the one used before
+    there is any feedback) and then to the most conservative use of question rows (largest offset,
+    rows off best): with no evidence either way, stay where unlabelled documents were. Where every
+    document has feedback, that last tie goes the other way, to the fullest use of the rows
+    (smallest offset).
     """
     protect = 1 - coverage > tolerance  # documents without feedback exist
     temperature = None if protect else full_coverage_temperature
@@ -215,14 +218,16 @@ def calibrate(
         floor = max(without_rows) - tolerance
         scored = {key: value for key, value in scored.items() if key[1] is None or value[1] >= floor}
     # Evidence before change: a setting other than the prior one (the no-feedback hybrid weight,
-    # rows off) must beat it by more than one standard error of the paired per-question
-    # difference. A few dozen pairs otherwise pick a weight that only fits them.
+    # rows off) must beat it by more than ``standard_errors`` standard errors of the paired
+    # per-question difference. A few dozen pairs otherwise pick a weight that only fits them.
     alphas = sorted({alpha for alpha, _ in scored})
     prior = (min(alphas, key=lambda a: abs(a - prior_hybrid_weight)), None)
     if prior in scored:
         base = scored[prior][0].tolist()
         scored = {
-            key: value for key, value in scored.items() if key == prior or convincing_gain(base, value[0].tolist(), 1.0)
+            key: value
+            for key, value in scored.items()
+            if key == prior or convincing_gain(base, value[0].tolist(), standard_errors)
         }
     results = [(float(per_question.mean()), u, alpha, offset) for (alpha, offset), (per_question, u) in scored.items()]
     best = max(r[0] for r in results)
