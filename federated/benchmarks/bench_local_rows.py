@@ -44,10 +44,16 @@ def main() -> None:
         frozen = partitions.quality(retriever, part.heldout)["R@1"]
         retriever.update(part.feedback, epochs=0)
         uniform, uniform_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
+        # Ablations: the calibration's evidence rule at one standard error (the core's default before 2026-12-05).
+        scoring, one_se = retriever.config.scoring, {"calibration_standard_errors": 1.0}
+        retriever.rescore(scoring.model_copy(update=one_se))
+        uniform_1se = partitions.quality(retriever, part.heldout)["R@1"]
         asked = {doc_id for _, doc_id in part.feedback} & set(part.doc_ids)
         coverage = len(asked) / len(part.doc_ids)
-        retriever.rescore(retriever.config.scoring.model_copy(update={"feedback_coverage": coverage}))
+        retriever.rescore(scoring.model_copy(update={"feedback_coverage": coverage}))
         own, own_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
+        retriever.rescore(scoring.model_copy(update={"feedback_coverage": coverage, **one_se}))
+        own_1se, own_1se_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
         rows.append(
             {
                 "partition": part.index,
@@ -57,30 +63,43 @@ def main() -> None:
                 "R@1_frozen": frozen,
                 "R@1_rows_uniform_coverage": uniform,
                 "calibration_uniform": uniform_cal.model_dump(),
+                "R@1_rows_uniform_coverage_1se": uniform_1se,
                 "R@1_rows_own_coverage": own,
                 "calibration_own": own_cal.model_dump(),
+                "R@1_rows_own_coverage_1se": own_1se,
+                "calibration_own_1se": own_1se_cal.model_dump(),
             }
         )
     total = sum(r["heldout"] for r in rows)
     overall = {
         key: sum(r[key] * r["heldout"] for r in rows) / total
-        for key in ("R@1_frozen", "R@1_rows_uniform_coverage", "R@1_rows_own_coverage")
+        for key in (
+            "R@1_frozen",
+            "R@1_rows_uniform_coverage",
+            "R@1_rows_uniform_coverage_1se",
+            "R@1_rows_own_coverage",
+            "R@1_rows_own_coverage_1se",
+        )
     }
     print(
         "| partition | held-out | own coverage | frozen "
-        "| rows, whole-index coverage (α, offset) | rows, own coverage (α, offset) |"
+        "| rows, whole-index coverage (α, offset) | same, 1 standard error "
+        "| rows, own coverage (α, offset) | same, 1 standard error |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        u, o = r["calibration_uniform"], r["calibration_own"]
+        u, o, e = r["calibration_uniform"], r["calibration_own"], r["calibration_own_1se"]
         print(
             f"| {r['partition']} | {r['heldout']} | {r['own_coverage']:.2f} | {r['R@1_frozen']:.3f} "
             f"| {r['R@1_rows_uniform_coverage']:.3f} ({u['hybrid_weight']}, {u['question_offset']}) "
-            f"| {r['R@1_rows_own_coverage']:.3f} ({o['hybrid_weight']}, {o['question_offset']}) |"
+            f"| {r['R@1_rows_uniform_coverage_1se']:.3f} "
+            f"| {r['R@1_rows_own_coverage']:.3f} ({o['hybrid_weight']}, {o['question_offset']}) "
+            f"| {r['R@1_rows_own_coverage_1se']:.3f} ({e['hybrid_weight']}, {e['question_offset']}) |"
         )
     print(
         f"| all | {total} | | {overall['R@1_frozen']:.3f} | {overall['R@1_rows_uniform_coverage']:.3f} "
-        f"| {overall['R@1_rows_own_coverage']:.3f} |"
+        f"| {overall['R@1_rows_uniform_coverage_1se']:.3f} "
+        f"| {overall['R@1_rows_own_coverage']:.3f} | {overall['R@1_rows_own_coverage_1se']:.3f} |"
     )
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "partitions": rows, "overall": overall}
     result["wall_s"] = time.perf_counter() - start
