@@ -197,6 +197,16 @@ def test_the_lexical_side_of_a_simulated_rewording_keeps_fewer_words() -> None:
     assert 0.7 < kept(REWORD_DROP) < 0.8 and 0.4 < kept(REWORD_LEXICAL_DROP) < 0.5
 
 
+def test_a_replacement_puts_a_drawn_word_where_a_word_is_lost() -> None:
+    """Real rewordings are as long as their originals: the lexical side swaps words, not only drops them."""
+    question = "how do i make a python package installable with pip from a local folder"
+    rng = random.Random(0)
+    copies = [reword(question, rng, REWORD_LEXICAL_DROP, lambda r: "zebra") for _ in range(200)]
+    assert all(len(copy.split()) == len(question.split()) for copy in copies)
+    replaced = sum(copy.split().count("zebra") for copy in copies) / 200 / len(question.split())
+    assert 0.5 < replaced < 0.6
+
+
 def test_zscore_and_combine_without_extras() -> None:
     scores = torch.tensor([[1.0, 2.0, 3.0]])
     assert torch.allclose(zscore(scores).mean(), torch.tensor(0.0), atol=1e-6)

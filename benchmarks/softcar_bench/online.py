@@ -7,8 +7,9 @@ rank 1 at once, and R@1 on the reworded questions of the documents that never ge
 must not drop (target: ≤ 0.5 points). Whether feedback carries to rewordings is measured on the
 original wording of each feedback question (never given), before and after all updates. Rows
 for the new defaults (``update_epochs=0``: question rows and re-calibration only), for updates
-that train 3 epochs (the default until 2026-12-03) and for the previous release's (no held-out
-pairs, so no guard). Prints a table, writes ``benchmarks/results/online.json``.
+that train 3 epochs (the default until 2026-12-03), for the previous release's (no held-out
+pairs, so no guard) and for calibration without replacement words (``no-replacement``). Prints
+a table, writes ``benchmarks/results/online.json``.
 
     python -m benchmarks.softcar_bench.online --updates 100 --epochs 1
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 from softcar import (
     ClassifierRetriever,
+    ScoringConfig,
     TrainConfig,
     evaluate,
     format_table,
@@ -80,15 +82,24 @@ def main(argv: list[str] | None = None) -> int:
             epochs=args.epochs, update_epochs=3, show_progress=False
         ),
         "softcar before (main defaults)": TrainConfig(epochs=args.epochs, holdout_fraction=0.0, show_progress=False),
+        "softcar, calibration_replacement_words=False (default until 2026-12-06)": TrainConfig(
+            epochs=args.epochs, show_progress=False
+        ),
+    }
+    scorings = {
+        "softcar, calibration_replacement_words=False (default until 2026-12-06)": ScoringConfig(
+            calibration_replacement_words=False
+        )
     }
     wanted = {
         "new": "softcar new defaults",
         "trained": "softcar, update_epochs=3 (default until 2026-12-03)",
         "before": "softcar before (main defaults)",
+        "no-replacement": "softcar, calibration_replacement_words=False (default until 2026-12-06)",
     }
     for key in args.variants.split(","):
         name = wanted[key]
-        retriever = ClassifierRetriever(config=configs[name]).fit(ds.corpus, queries=pairs)
+        retriever = ClassifierRetriever(config=configs[name], scoring=scorings.get(name)).fit(ds.corpus, queries=pairs)
         start_r1 = evaluate(retriever, queries, qrels)["R@1"]
         wording_before = evaluate(retriever, wording_q, wording_qrels)["R@1"]
         curve = [{"updates": 0, "R@1 others": start_r1}]

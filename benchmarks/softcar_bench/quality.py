@@ -102,6 +102,9 @@ def variants(epochs: int | None, encoder: str | None = None) -> dict[str, Any]:
         "  − two-standard-error evidence (calibration_standard_errors=1)": lambda: classifier(
             config=train, scoring=ScoringConfig(calibration_standard_errors=1.0)
         ),
+        "  − replacement words in simulated rewordings (calibration_replacement_words=False)": lambda: classifier(
+            config=train, scoring=ScoringConfig(calibration_replacement_words=False)
+        ),
     }
 
 

@@ -5,8 +5,9 @@ For every non-IID partition (shared head: each deployment indexes every document
 untrained retriever (frozen inner-product search), add the partition's feedback as question
 rows (``update(feedback, epochs=0)``) and evaluate on its held-out questions, with calibration
 told (a) nothing, i.e. questions spread evenly over the whole index, and (b) the share of the
-deployment's *own* documents that have feedback (what ``LocalDeployment.open`` does). Prints a
-table and writes JSON.
+deployment's *own* documents that have feedback (what ``LocalDeployment.open`` does); the
+ablation columns repeat both with one ``ScoringConfig`` change (``--ablation``). Prints a table
+and writes JSON.
 
     HF_HUB_OFFLINE=1 .venv/bin/python federated/benchmarks/bench_local_rows.py \\
         --dataset src/softcar/data/chatterbot_qa --out federated/benchmarks/local-rows-chatterbot.json
@@ -29,8 +30,15 @@ def main() -> None:
     parser.add_argument("--max-query-length", type=int, default=24)
     parser.add_argument("--pseudo-queries", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ablation",
+        default="calibration_replacement_words=false",
+        help="ScoringConfig change of the ablation columns, key=value (e.g. calibration_standard_errors=1)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    key, _, value = args.ablation.partition("=")
+    ablation = {key.strip(): {"true": True, "false": False}.get(value.strip().lower(), value.strip())}
     start = time.perf_counter()
     split = partitions.load_split(args.dataset, seed=args.seed)
     rows = []
@@ -44,16 +52,16 @@ def main() -> None:
         frozen = partitions.quality(retriever, part.heldout)["R@1"]
         retriever.update(part.feedback, epochs=0)
         uniform, uniform_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
-        # Ablations: the calibration's evidence rule at one standard error (the core's default before 2026-12-05).
-        scoring, one_se = retriever.config.scoring, {"calibration_standard_errors": 1.0}
-        retriever.rescore(scoring.model_copy(update=one_se))
-        uniform_1se = partitions.quality(retriever, part.heldout)["R@1"]
+        # The ablation columns: the same rows, calibrated with one ScoringConfig change (validated).
+        scoring = retriever.config.scoring
+        retriever.rescore(scoring.model_validate({**scoring.model_dump(), **ablation}))
+        uniform_ablated = partitions.quality(retriever, part.heldout)["R@1"]
         asked = {doc_id for _, doc_id in part.feedback} & set(part.doc_ids)
         coverage = len(asked) / len(part.doc_ids)
         retriever.rescore(scoring.model_copy(update={"feedback_coverage": coverage}))
         own, own_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
-        retriever.rescore(scoring.model_copy(update={"feedback_coverage": coverage, **one_se}))
-        own_1se, own_1se_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
+        retriever.rescore(scoring.model_validate({**scoring.model_dump(), "feedback_coverage": coverage, **ablation}))
+        own_ablated, own_ablated_cal = partitions.quality(retriever, part.heldout)["R@1"], retriever.calibration
         rows.append(
             {
                 "partition": part.index,
@@ -63,11 +71,11 @@ def main() -> None:
                 "R@1_frozen": frozen,
                 "R@1_rows_uniform_coverage": uniform,
                 "calibration_uniform": uniform_cal.model_dump(),
-                "R@1_rows_uniform_coverage_1se": uniform_1se,
+                "R@1_rows_uniform_coverage_ablated": uniform_ablated,
                 "R@1_rows_own_coverage": own,
                 "calibration_own": own_cal.model_dump(),
-                "R@1_rows_own_coverage_1se": own_1se,
-                "calibration_own_1se": own_1se_cal.model_dump(),
+                "R@1_rows_own_coverage_ablated": own_ablated,
+                "calibration_own_ablated": own_ablated_cal.model_dump(),
             }
         )
     total = sum(r["heldout"] for r in rows)
@@ -76,30 +84,30 @@ def main() -> None:
         for key in (
             "R@1_frozen",
             "R@1_rows_uniform_coverage",
-            "R@1_rows_uniform_coverage_1se",
+            "R@1_rows_uniform_coverage_ablated",
             "R@1_rows_own_coverage",
-            "R@1_rows_own_coverage_1se",
+            "R@1_rows_own_coverage_ablated",
         )
     }
     print(
         "| partition | held-out | own coverage | frozen "
-        "| rows, whole-index coverage (α, offset) | same, 1 standard error "
-        "| rows, own coverage (α, offset) | same, 1 standard error |"
+        f"| rows, whole-index coverage (α, offset) | same, {args.ablation} "
+        f"| rows, own coverage (α, offset) | same, {args.ablation} |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        u, o, e = r["calibration_uniform"], r["calibration_own"], r["calibration_own_1se"]
+        u, o, e = r["calibration_uniform"], r["calibration_own"], r["calibration_own_ablated"]
         print(
             f"| {r['partition']} | {r['heldout']} | {r['own_coverage']:.2f} | {r['R@1_frozen']:.3f} "
             f"| {r['R@1_rows_uniform_coverage']:.3f} ({u['hybrid_weight']}, {u['question_offset']}) "
-            f"| {r['R@1_rows_uniform_coverage_1se']:.3f} "
+            f"| {r['R@1_rows_uniform_coverage_ablated']:.3f} "
             f"| {r['R@1_rows_own_coverage']:.3f} ({o['hybrid_weight']}, {o['question_offset']}) "
-            f"| {r['R@1_rows_own_coverage_1se']:.3f} ({e['hybrid_weight']}, {e['question_offset']}) |"
+            f"| {r['R@1_rows_own_coverage_ablated']:.3f} ({e['hybrid_weight']}, {e['question_offset']}) |"
         )
     print(
         f"| all | {total} | | {overall['R@1_frozen']:.3f} | {overall['R@1_rows_uniform_coverage']:.3f} "
-        f"| {overall['R@1_rows_uniform_coverage_1se']:.3f} "
-        f"| {overall['R@1_rows_own_coverage']:.3f} | {overall['R@1_rows_own_coverage_1se']:.3f} |"
+        f"| {overall['R@1_rows_uniform_coverage_ablated']:.3f} "
+        f"| {overall['R@1_rows_own_coverage']:.3f} | {overall['R@1_rows_own_coverage_ablated']:.3f} |"
     )
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "partitions": rows, "overall": overall}
     result["wall_s"] = time.perf_counter() - start

@@ -181,6 +181,10 @@ class ScoringConfig(BaseModel):
     off): its per-question gain must exceed this many standard errors (softcar.scoring). 1 let one
     lucky question of 32 move α on chatterbot_qa at 10 % feedback (−3.1 R@1, benchmarks/README.md);
     0 takes the best setting however thin the evidence."""
+    calibration_replacement_words: bool = True
+    """The lexical side of a simulated rewording puts a word drawn from the documents in the place
+    of each word it drops, as real rewordings do (softcar.scoring); ``False`` only drops them,
+    which made BM25 look stronger on the simulation than on real rewordings."""
     calibration_pairs: PositiveInt = 2000
     """At most this many (most recent) pairs are used to calibrate."""
     calibration_rewordings: PositiveInt = 512

@@ -574,8 +574,9 @@ class ClassifierRetriever(BaseRetriever):
         seen = self._held_out(reworded, labels.repeat(copies), None, False)
         seen.copies = copies
         if use_lexical:
+            fill = self._corpus_word if scoring.calibration_replacement_words else None
             seen.lexical = self._lexical.score_all(
-                [reword(t, rng, REWORD_LEXICAL_DROP) for _ in range(copies) for t in texts]
+                [reword(t, rng, REWORD_LEXICAL_DROP, fill) for _ in range(copies) for t in texts]
             )
         coverage = scoring.feedback_coverage
         if coverage is None:
@@ -595,6 +596,11 @@ class ClassifierRetriever(BaseRetriever):
         self.calibration_hits = setting_hits(self.calibration, unseen, seen_view, coverage)[0].tolist()
         logger.info("calibrated on %d pairs: %s", len(pairs), self.calibration)
         return self.calibration
+
+    def _corpus_word(self, rng: random.Random) -> str:
+        """A word of a random document: what a simulated rewording puts in place of a lost word."""
+        words = rng.choice(self._documents).text.split()
+        return rng.choice(words) if words else ""
 
     def rescore(self, scoring: ScoringConfig) -> Calibration:
         """Switch to other scoring settings (fusion, question rows, offsets) without retraining.

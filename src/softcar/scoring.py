@@ -25,7 +25,12 @@ quarter of the words and swaps two neighbours (a rewording keeps the meaning, wh
 more words would destroy), its lexical side keeps only ``1 - REWORD_LEXICAL_DROP`` of them (a
 rewording changes the words: the reworded questions of both dev sets keep 44-45 % of their
 original's words; scored on the milder soft-side copy, fusion at α 0.5 looked 4 points better
-than none on python-faq's simulated rewordings and was 12 points worse on its real ones). Each question is reworded
+than none on python-faq's simulated rewordings and was 12 points worse on its real ones) and
+puts a word drawn from the documents in the place of each word it loses
+(``ScoringConfig.calibration_replacement_words``): real rewordings are as long as their
+originals or longer (1.5× / 1.2× the words on the two dev sets), and the words they bring match
+other documents too. A copy that only lost words overrated BM25: on python-faq's frozen
+embeddings it put the best weight at 0.3, the real rewordings at 0.1. Each question is reworded
 several times when there are few (``ScoringConfig.calibration_rewordings`` in all): with a
 single draw, the setting chosen on chatterbot_qa's 64 held-out pairs varied by 10 points R@1
 from one random draw to the next. The
@@ -51,7 +56,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -124,10 +129,16 @@ def combine(
     return scores
 
 
-def reword(text: str, rng: random.Random, drop: float = REWORD_DROP) -> str:
-    """A cheap stand-in for a user rewording a known question: drop words, swap two neighbours."""
+def reword(
+    text: str, rng: random.Random, drop: float = REWORD_DROP, replacement: Callable[[random.Random], str] | None = None
+) -> str:
+    """A cheap stand-in for a user rewording a known question: drop words (or, with
+    ``replacement``, put a word it draws in their place), swap two neighbours."""
     words = text.split()
-    kept = [w for w in words if rng.random() >= drop] or words[:1]
+    if replacement is not None:
+        kept = [w if rng.random() >= drop else replacement(rng) for w in words]
+    else:
+        kept = [w for w in words if rng.random() >= drop] or words[:1]
     if len(kept) > 2:
         i = rng.randrange(len(kept) - 1)
         kept[i], kept[i + 1] = kept[i + 1], kept[i]
