@@ -99,6 +99,9 @@ def variants(epochs: int | None, encoder: str | None = None) -> dict[str, Any]:
         "  − guard's per-question test (guard_standard_errors=0)": lambda: classifier(
             config=train.model_copy(update={"guard_standard_errors": 0.0})
         ),
+        "  − two-standard-error guard (guard_standard_errors=1)": lambda: classifier(
+            config=train.model_copy(update={"guard_standard_errors": 1.0})
+        ),
         "  − two-standard-error evidence (calibration_standard_errors=1)": lambda: classifier(
             config=train, scoring=ScoringConfig(calibration_standard_errors=1.0)
         ),

@@ -6,7 +6,7 @@ nobody had asked about. Instead a share of the *documents* with feedback is kept
 training altogether: their questions are then exactly what a deployment gets for documents
 without feedback, scored by a model that never saw them. Calibration runs on them, and the
 trained adapter + head are kept only if they beat the untrained (frozen) model on them, question
-by question by more than one standard error (``TrainConfig.guard_standard_errors``); the
+by question by more than two standard errors (``TrainConfig.guard_standard_errors``); the
 retriever otherwise rolls back, so training can never make things worse than what its own
 held-out evidence says the frozen model does.
 """
