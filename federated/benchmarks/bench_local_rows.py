@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     key, _, value = args.ablation.partition("=")
-    ablation = {key.strip(): {"true": True, "false": False}.get(value.strip().lower(), value.strip())}
+    ablation = {key.strip(): value.strip()}  # ScoringConfig.model_validate parses "false", "1", ...
     start = time.perf_counter()
     split = partitions.load_split(args.dataset, seed=args.seed)
     rows = []
